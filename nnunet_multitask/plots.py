@@ -44,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 from sklearn import metrics as skm
 from tqdm import tqdm
 
@@ -126,7 +127,8 @@ def find_ground_truth(
             raise EvaluationInputError(f"{dataset_json}: {error}") from error
     subtypes, warnings = {}, []
     for case in masks:
-        sources = [s for s in (table.get(case), folder_subtypes.get(case), subtype_from_case_id(case)) if s is not None]
+        candidates = (table.get(case), folder_subtypes.get(case), subtype_from_case_id(case))
+        sources = [s for s in candidates if s is not None]
         if sources:
             subtypes[case] = sources[0]
         if len(set(sources)) > 1:
@@ -160,7 +162,7 @@ def read_probability_csv(path: Path, predicted: dict[str, int]) -> dict[str, np.
         elif np.any(values < 0) or np.any(values > 1):
             problems.append(f"{case}: probabilities {values.tolist()} outside [0, 1]")
         elif abs(values.sum() - 1.0) > PROBABILITY_SUM_TOL:
-            problems.append(f"{case}: probabilities sum to {values.sum():.6f}, not 1 (tolerance {PROBABILITY_SUM_TOL})")
+            problems.append(f"{case}: probabilities sum to {values.sum():.6f}, not 1 (tol. {PROBABILITY_SUM_TOL})")
         elif predicted.get(case, subtype) != subtype:
             problems.append(f"{case}: Subtype {subtype} != {predicted[case]} in {SUBTYPE_CSV}")
         table[case] = values
@@ -188,7 +190,8 @@ def evaluate_case(task: tuple[str, Path, Path, float]) -> dict[str, Any]:
         return {"case": case, "status": "excluded", "reason": str(error).strip().splitlines()[0]}
     mismatch = geometry_problems(ref_geometry, pred_geometry)
     if mismatch:
-        return {"case": case, "status": "excluded", "reason": f"{pred_path}: {'; '.join(mismatch)} (ground truth {gt_path})"}
+        reason = f"{pred_path}: {'; '.join(mismatch)} (ground truth {gt_path})"
+        return {"case": case, "status": "excluded", "reason": reason}
     metrics = M.segmentation_metrics(reference, prediction, ref_geometry.spacing_zyx, tolerance_mm)
     return {"case": case, "status": "ok", **metrics}
 
@@ -239,7 +242,8 @@ def compare_with_nnunet_summary(summary_path: Path, cases: dict[str, dict]) -> d
             both_nan = math.isnan(theirs) and math.isnan(ours[name])
             if not both_nan and not abs(theirs - ours[name]) <= SUMMARY_AGREEMENT_TOL:
                 disagreements.append(f"{case} {name} (nnU-Net key {key}): ours {ours[name]:.6f}, nnU-Net {theirs:.6f}")
-    return {"file": str(summary_path), "values_compared": compared, "agree": not disagreements, "disagreements": disagreements}
+    return {"file": str(summary_path), "values_compared": compared, "agree": not disagreements,
+            "disagreements": disagreements}
 
 
 def _classification(
@@ -313,35 +317,24 @@ def evaluate_folder(
     warnings += [f"{c}: excluded: {reason}" for c, reason in excluded.items()]
     warnings += [f"{c}{FILE_ENDING}: prediction without ground truth, ignored" for c in extra]
 
-    segmentation: dict[str, Any] = {"n_cases": len(ok), "mean": {}, "n_finite": {}, "ci95": {}}
-    for key in SEGMENTATION_KEYS:
-        values = _finite([r[key] for r in ok])
-        segmentation["mean"][key] = float(values.mean()) if values.size else float("nan")
-        segmentation["n_finite"][key] = int(values.size)
-        if key.startswith(("dice", "nsd")):
-            segmentation["ci95"][key] = list(M.bootstrap_ci(np.mean, values, n_resamples=n_resamples, seed=seed))
-
+    segmentation = _segmentation_summary(ok, n_resamples, seed)
     classification = None
     if predicted is not None:
-        classification = _classification(list(gt_masks), gt_subtypes, predicted, probabilities, n_resamples, seed)
-        warnings += [f"{c}: no row in {SUBTYPE_CSV}, left out of classification" for c in classification["cases_without_prediction"]]
-        warnings += [f"{c}: ground-truth subtype unknown, left out of classification" for c in classification["cases_without_ground_truth_subtype"]]
-        warnings += [f"{c}: row in {SUBTYPE_CSV} without ground truth, ignored" for c in predicted if c not in gt_masks]
-
-    headline = {
-        key: _headline(segmentation["mean"][key], tuple(segmentation["ci95"][key]), segmentation["n_finite"][key], TARGETS[key])
-        for key in ("dice_pancreas", "dice_lesion")
-    }
-    if classification and classification["n"]:
-        for key in ("macro_f1", "accuracy"):
-            headline[key] = _headline(classification[key], tuple(classification["ci95"][key]), classification["n"], TARGETS.get(key))
+        cases = list(gt_masks)
+        classification = _classification(cases, gt_subtypes, predicted, probabilities, n_resamples, seed)
+        warnings += [f"{c}: no row in {SUBTYPE_CSV}, not classified"
+                     for c in classification["cases_without_prediction"]]
+        warnings += [f"{c}: ground-truth subtype unknown, not classified"
+                     for c in classification["cases_without_ground_truth_subtype"]]
+        warnings += [f"{c}: row in {SUBTYPE_CSV} without ground truth, ignored"
+                     for c in predicted if c not in gt_masks]
 
     result: dict[str, Any] = {
         "pred_dir": str(pred_dir), "labels_dir": str(labels_dir),
         "n_cases_ground_truth": len(gt_masks), "n_cases_evaluated": len(ok),
         "n_missing_predictions": len(missing), "missing_predictions": missing,
         "n_excluded_cases": len(excluded), "excluded_cases": excluded,
-        "extra_predictions": extra, "headline": headline,
+        "extra_predictions": extra, "headline": _headlines(segmentation, classification),
         "segmentation": segmentation, "classification": classification,
         "settings": {"surface_tolerance_mm": tolerance_mm, "ece_bins": M.ECE_BINS,
                      "bootstrap": {"n_resamples": n_resamples, "seed": seed, "method": "percentile"}},
@@ -354,12 +347,39 @@ def evaluate_folder(
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
-    _write_per_case(out_dir / "per_case.csv", per_case, gt_subtypes, predicted or {})
+    missing_rows = {c: {"case": c, "status": "missing", "reason": f"no {c}{FILE_ENDING} in {pred_dir}"}
+                    for c in missing}
+    _write_per_case(out_dir / "per_case.csv", {**per_case, **missing_rows}, gt_subtypes, predicted or {})
     figures = write_figures(out_dir, ok, classification)
     safe = _json_safe(result)
     write_json_atomic(out_dir / "metrics.json", safe)
     write_text_atomic(out_dir / "report.md", render_report(safe, figures))
     return safe
+
+
+def _segmentation_summary(cases: list[dict], n_resamples: int, seed: int) -> dict:
+    """Mean of each per-case value over the cases where it is finite, with bootstrap CIs of the scores."""
+    summary: dict[str, Any] = {"n_cases": len(cases), "mean": {}, "n_finite": {}, "ci95": {}}
+    for key in SEGMENTATION_KEYS:
+        values = _finite([c[key] for c in cases])
+        summary["mean"][key] = float(values.mean()) if values.size else float("nan")
+        summary["n_finite"][key] = int(values.size)
+        if key.startswith(("dice", "nsd")):
+            summary["ci95"][key] = list(M.bootstrap_ci(np.mean, values, n_resamples=n_resamples, seed=seed))
+    return summary
+
+
+def _headlines(segmentation: dict, classification: dict | None) -> dict[str, dict]:
+    """The brief's numbers: value, 95% CI, n, target and pass/fail (point estimate >= target)."""
+    headline = {}
+    for key in ("dice_pancreas", "dice_lesion"):
+        ci = tuple(segmentation["ci95"][key])
+        headline[key] = _headline(segmentation["mean"][key], ci, segmentation["n_finite"][key], TARGETS[key])
+    if classification and classification["n"]:
+        for key in ("macro_f1", "accuracy"):
+            ci = tuple(classification["ci95"][key])
+            headline[key] = _headline(classification[key], ci, classification["n"], TARGETS.get(key))
+    return headline
 
 
 def _read_predicted_subtypes(pred_dir: Path, warnings: list[str]) -> tuple[dict[str, int] | None, dict | None]:
@@ -376,7 +396,7 @@ def _read_predicted_subtypes(pred_dir: Path, warnings: list[str]) -> tuple[dict[
 
 
 def _write_per_case(path: Path, per_case: dict[str, dict], gt: dict[str, int], predicted: dict[str, int]) -> None:
-    """One row per evaluated case; metrics blank for excluded cases."""
+    """One row per ground-truth case (status ok / excluded / missing); metrics blank unless ok."""
     header = ("case", "status", "gt_subtype", "pred_subtype", *SEGMENTATION_KEYS, "reason")
     rows = [
         (c, r["status"], gt.get(c, ""), predicted.get(c, ""),
@@ -402,8 +422,9 @@ def plot_confusion(matrix: np.ndarray, path: Path) -> None:
     with np.errstate(invalid="ignore", divide="ignore"):
         normalised = matrix / matrix.sum(axis=1, keepdims=True)
     fig = Figure(figsize=(9, 4))
-    for ax, data, title, fmt in zip(fig.subplots(1, 2), (matrix, normalised), ("counts", "row-normalised"), ("{:.0f}", "{:.2f}")):
-        image = ax.imshow(np.nan_to_num(data), cmap="Blues", vmin=0, vmax=None if fmt == "{:.0f}" else 1)
+    panels = ((matrix, "counts", "{:.0f}", None), (normalised, "row-normalised", "{:.2f}", 1))
+    for ax, (data, title, fmt, vmax) in zip(fig.subplots(1, 2), panels):
+        image = ax.imshow(np.nan_to_num(data), cmap="Blues", vmin=0, vmax=vmax)
         for (i, j), value in np.ndenumerate(data):
             ax.text(j, i, "-" if np.isnan(value) else fmt.format(value), ha="center", va="center",
                     color="white" if np.nan_to_num(value) > 0.6 * np.nanmax(data) else "black")
@@ -425,8 +446,14 @@ def plot_dice_per_label(cases: list[dict], path: Path) -> None:
     ax.set_xticks(range(1, len(keys) + 1), ["pancreas\n(label>0)", "label 1", "lesion", "NSD pancreas", "NSD lesion"])
     ax.axhline(TARGETS["dice_pancreas"], ls="--", lw=0.8, color="grey")
     ax.axhline(TARGETS["dice_lesion"], ls=":", lw=0.8, color="grey")
-    ax.set(ylim=(-0.02, 1.02), ylabel="score per case", title=f"Dice / surface Dice per case (n={len(cases)}; dashed: targets)")
+    title = f"Dice / surface Dice per case (n={len(cases)}); targets 0.91 (dashed), 0.31 (dotted)"
+    ax.set(ylim=(-0.02, 1.02), ylabel="score per case", title=title)
     _save(fig, path)
+
+
+def _minor_log_label(value: float, _position: int) -> str:
+    mantissa = value / 10 ** np.floor(np.log10(value))
+    return f"{value:g}" if np.isclose(mantissa, 2) or np.isclose(mantissa, 5) else ""
 
 
 def plot_dice_vs_volume(cases: list[dict], path: Path) -> None:
@@ -438,6 +465,9 @@ def plot_dice_vs_volume(cases: list[dict], path: Path) -> None:
         ax.scatter(points[:, 0], points[:, 1], s=16, alpha=0.7)
         if len(points) and np.all(points[:, 0] > 0):
             ax.set_xscale("log")  # volumes span orders of magnitude
+            # plain numbers at 1, 2, 5 x 10^n instead of crowded scientific notation
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
         ax.set(xlabel="ground-truth volume (ml)", ylabel="Dice", ylim=(-0.02, 1.02), title=title)
     _save(fig, path)
 
@@ -469,8 +499,10 @@ def plot_reliability(y_true: np.ndarray, probabilities: np.ndarray, path: Path) 
     edges = np.linspace(0, 1, len(count) + 1)
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
-    ax.bar(edges[:-1], np.nan_to_num(accuracy), width=np.diff(edges), align="edge", edgecolor="black", alpha=0.7, label="accuracy")
-    ax.plot(confidence, accuracy, "o", color="C1", label="mean confidence")
+    ax.bar(edges[:-1], np.nan_to_num(accuracy), width=np.diff(edges), align="edge", edgecolor="black", alpha=0.7,
+           label="accuracy")
+    # marker at the bin's mean confidence: its gap to the bar top is the bin's miscalibration
+    ax.plot((edges[:-1] + edges[1:]) / 2, confidence, "o", color="C1", label="mean confidence")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
     for left, n in zip(edges[:-1], count):
         if n:
@@ -513,36 +545,48 @@ def format_headline(metrics: dict) -> str:
     for key, h in metrics["headline"].items():
         low, high = h["ci95"]
         verdict = "" if h["target"] is None else f"  target >= {h['target']:.2f}: {'PASS' if h['pass'] else 'FAIL'}"
-        lines.append(f"{HEADLINE_NAMES[key]}: {_fmt(h['value'])} [95% CI {_fmt(low)}, {_fmt(high)}] (n={h['n']}){verdict}")
+        interval = f"[95% CI {_fmt(low)}, {_fmt(high)}]"
+        lines.append(f"{HEADLINE_NAMES[key]}: {_fmt(h['value'])} {interval} (n={h['n']}){verdict}")
     return "\n".join(lines)
 
 
 def render_report(metrics: dict, figures: dict[str, str]) -> str:
     """One-page Markdown report: headline table with 95% intervals and targets, counts, figures."""
-    lines = ["# Evaluation report", "", f"Predictions `{metrics['pred_dir']}` against `{metrics['labels_dir']}`.", "",
-             "| Metric | Value | 95% CI | n | Target | Result |", "|---|---|---|---|---|---|"]
+    settings, seg, cls = metrics["settings"], metrics["segmentation"]["mean"], metrics["classification"]
+    lines = [
+        "# Evaluation report", "",
+        f"Predictions `{metrics['pred_dir']}` against `{metrics['labels_dir']}`.", "",
+        "| Metric | Value | 95% CI | n | Target | Result |", "|---|---|---|---|---|---|",
+    ]
     for key, h in metrics["headline"].items():
         target = "" if h["target"] is None else f">= {h['target']:.2f}"
         result = "" if h["pass"] is None else ("PASS" if h["pass"] else "**FAIL**")
-        lines.append(f"| {HEADLINE_NAMES[key]} | {_fmt(h['value'])} | [{_fmt(h['ci95'][0])}, {_fmt(h['ci95'][1])}] "
+        low, high = h["ci95"]
+        lines.append(f"| {HEADLINE_NAMES[key]} | {_fmt(h['value'])} | [{_fmt(low)}, {_fmt(high)}] "
                      f"| {h['n']} | {target} | {result} |")
-    seg, cls = metrics["segmentation"]["mean"], metrics["classification"]
-    lines += ["", f"Cases: {metrics['n_cases_ground_truth']} with ground truth, {metrics['n_cases_evaluated']} evaluated, "
-              f"{metrics['n_missing_predictions']} missing predictions, {metrics['n_excluded_cases']} excluded. "
-              f"Dice means skip cases where both masks are empty (NaN, as nnU-Net). Intervals: percentile bootstrap "
-              f"over cases ({metrics['settings']['bootstrap']['n_resamples']} resamples, seed {metrics['settings']['bootstrap']['seed']}).",
-              "", f"Label-1 Dice {_fmt(seg['dice_label1'])}; surface Dice at {metrics['settings']['surface_tolerance_mm']:g} mm: "
-              f"pancreas {_fmt(seg['nsd_pancreas'])}, lesion {_fmt(seg['nsd_lesion'])}."]
+    lines += [
+        "",
+        f"Cases: {metrics['n_cases_ground_truth']} with ground truth, {metrics['n_cases_evaluated']} evaluated, "
+        f"{metrics['n_missing_predictions']} without prediction, {metrics['n_excluded_cases']} excluded. "
+        "Dice means skip cases where both masks are empty (NaN, as in nnU-Net); PASS means the point estimate "
+        f"meets the target. Intervals: percentile bootstrap over cases ({settings['bootstrap']['n_resamples']} "
+        f"resamples, seed {settings['bootstrap']['seed']}).",
+        "",
+        f"Label-1 Dice {_fmt(seg['dice_label1'])}; normalised surface Dice at {settings['surface_tolerance_mm']:g} mm: "
+        f"pancreas {_fmt(seg['nsd_pancreas'])}, lesion {_fmt(seg['nsd_lesion'])}.",
+    ]
     if cls and cls["n"]:
         lines.append(f"Balanced accuracy {_fmt(cls['balanced_accuracy'])}.")
-        if "auroc_ovr_macro" in cls:
-            lines.append(f"AUROC (one-vs-rest macro) {_fmt(cls['auroc_ovr_macro'])}; average precision (macro) "
-                         f"{_fmt(cls['average_precision_ovr_macro'])}; Brier {_fmt(cls['brier_sum'])} (sum over classes) / "
-                         f"{_fmt(cls['brier_per_class_mean'])} (per class); ECE {_fmt(cls['ece'])} ({metrics['settings']['ece_bins']} bins).")
+    if cls and "auroc_ovr_macro" in cls:
+        lines.append(
+            f"AUROC (one-vs-rest, macro) {_fmt(cls['auroc_ovr_macro'])}; average precision (macro) "
+            f"{_fmt(cls['average_precision_ovr_macro'])}; Brier {_fmt(cls['brier_sum'])} (sum over classes) / "
+            f"{_fmt(cls['brier_per_class_mean'])} (per class); ECE {_fmt(cls['ece'])} ({settings['ece_bins']} bins)."
+        )
     agreement = metrics.get("nnunet_summary_agreement")
     if agreement:
-        lines.append(f"nnU-Net `summary.json`: {agreement['values_compared']} Dice values compared, "
-                     + ("all agree." if agreement["agree"] else f"**{len(agreement['disagreements'])} disagree** (see metrics.json)."))
+        verdict = "all agree." if agreement["agree"] else f"**{len(agreement['disagreements'])} disagree** (metrics.json)."
+        lines.append(f"nnU-Net `summary.json`: {agreement['values_compared']} Dice values compared, {verdict}")
     if metrics["warnings"]:
         shown = metrics["warnings"][:15]
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in shown]
