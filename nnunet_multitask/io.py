@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds.
@@ -23,6 +29,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     suffix = "".join(target.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
+    # mkstemp creates files readable by the owner only; give the result the permissions of a plain open()
+    os.chmod(tmp, 0o666 & ~_current_umask())
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from nnunet_multitask.io import write_json_atomic
+from nnunet_multitask.io import write_json_atomic, write_text_atomic
 
 PLANS_DIR = Path(__file__).resolve().parents[1] / "plans"
 DEFAULT_PLANS = "nnUNetResEncUNetMPlans"
@@ -37,9 +37,11 @@ def resolve_dataset_name(dataset: str | int, preprocessed_root: Path) -> str:
 
 
 def install_plans(dataset: str | int, plans_name: str = DEFAULT_PLANS,
-                  preprocessed_root: str | os.PathLike | None = None) -> Path:
+                  preprocessed_root: str | os.PathLike | None = None,
+                  raw_root: str | os.PathLike | None = None) -> Path:
     """Write ``plans/<plans_name>.json`` into the dataset's preprocessed folder with the dataset's
-    name and intensity statistics. Returns the written path."""
+    name and intensity statistics, and copy the raw ``dataset.json`` beside it (as nnU-Net's
+    planners do; ``nnUNetv2_preprocess`` reads it there). Returns the written plans path."""
     root = Path(preprocessed_root or os.environ.get("nnUNet_preprocessed") or "")
     if not str(root) or not root.is_dir():
         raise FileNotFoundError("nnUNet_preprocessed is not set or does not exist; pass --preprocessed")
@@ -56,6 +58,10 @@ def install_plans(dataset: str | int, plans_name: str = DEFAULT_PLANS,
     fingerprint = json.loads(fingerprint_file.read_text())
     plans["dataset_name"] = dataset_name
     plans["foreground_intensity_properties_per_channel"] = fingerprint["foreground_intensity_properties_per_channel"]
+    raw_dataset_json = Path(raw_root or os.environ.get("nnUNet_raw") or "") / dataset_name / "dataset.json"
+    if not raw_dataset_json.is_file():
+        raise FileNotFoundError(f"{raw_dataset_json}: missing; set nnUNet_raw (or --raw) to the converted dataset's root")
+    write_text_atomic(root / dataset_name / "dataset.json", raw_dataset_json.read_text())
     target = root / dataset_name / f"{plans_name}.json"
     write_json_atomic(target, plans)
     return target
@@ -66,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-d", "--dataset", required=True, help="dataset ID or name, e.g. 777")
     parser.add_argument("-p", "--plans", default=DEFAULT_PLANS, help=f"committed plans name (default {DEFAULT_PLANS})")
     parser.add_argument("--preprocessed", default=None, help="nnUNet_preprocessed folder (default: $nnUNet_preprocessed)")
+    parser.add_argument("--raw", default=None, help="nnUNet_raw folder (default: $nnUNet_raw)")
     args = parser.parse_args(argv)
-    print(f"installed {install_plans(args.dataset, args.plans, args.preprocessed)}")
+    print(f"installed {install_plans(args.dataset, args.plans, args.preprocessed, args.raw)}")
     return 0
