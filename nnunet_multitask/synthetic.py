@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
+from math import comb
 from pathlib import Path
 
 import nibabel as nib
@@ -91,7 +92,6 @@ def _tube_sdf(grid, points: np.ndarray, radii: np.ndarray) -> np.ndarray:
 
 def _bezier(ctrl: np.ndarray, t: np.ndarray) -> np.ndarray:
     n = len(ctrl) - 1
-    from math import comb
     basis = np.stack([comb(n, k) * t ** k * (1 - t) ** (n - k) for k in range(n + 1)], axis=1)
     return basis @ ctrl
 
@@ -308,8 +308,7 @@ def _write_debris(out_dir: Path, cases: list[dict]) -> None:
             fork.write_bytes(APPLEDOUBLE)
 
 
-def generate_dataset(out_dir: str | Path, config: SyntheticConfig = SyntheticConfig(), overwrite: bool = False,
-                     progress: bool = False) -> dict:
+def generate_dataset(out_dir: str | Path, config: SyntheticConfig = SyntheticConfig(), overwrite: bool = False) -> dict:
     """Write the synthetic raw dataset to ``out_dir``; return a summary (config and one entry per case).
 
     The set is built in a temporary sibling folder and renamed into place at the end.
