@@ -14,6 +14,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "convert": ("nnunet_multitask.conversion", "main", "raw layout -> nnUNet_raw/DatasetXXX_Name"),
     "trainer-path": ("nnunet_multitask.trainer", "print_trainer_folder", "print the folder to put in nnUNet_extTrainer"),
     "install-plans": ("nnunet_multitask.plans", "main", "install a committed plans file into nnUNet_preprocessed"),
+    "predict": ("nnunet_multitask.predictor", "main", "same as nnUNetv2_predict_multitask"),
+    "merge-subtypes": ("nnunet_multitask.subtype_tables", "main", "merge the subtype CSVs of -num_parts runs"),
     "evaluate": ("nnunet_multitask.plots", "main", "metrics, figures and report for a prediction folder"),
     "check-submission": ("nnunet_multitask.submission", "main", "verify a test-set output folder"),
 }

@@ -1,18 +1,152 @@
-"""nnU-Net predictor that also returns each case's subtype probabilities."""
+"""Multitask prediction: nnU-Net segmentations plus a subtype per case, and a measured fast mode.
+
+:class:`MultitaskPredictor` is nnU-Net's ``nnUNetPredictor``: segmentations are produced and
+exported exactly as ``nnUNetv2_predict`` does. Every network call is also observed by a
+:class:`~nnunet_multitask.aggregation.SubtypeAccumulator`, so each case's subtype probabilities
+are aggregated over all tiles, mirrors and folds of that same pass.
+
+Speed strategies (:class:`SpeedOptions`), each a named option of ``nnUNetv2_predict_multitask``:
+
+- ``in_process`` (``--in-process``): read, preprocess, predict and export each case in this
+  process. nnU-Net's default starts preprocessing workers and a spawn pool of export workers, each
+  importing torch and nnU-Net, which costs seconds per worker; for the tens of cases of a test
+  set that start-up is a large share of the wall time, on a GPU and even more so on a CPU.
+- ``fast_resampling`` (``--fast-resampling``): linear instead of cubic resampling of the input
+  image to the plans' spacing, and nearest-neighbour instead of linear resampling of the logits
+  back to the image's spacing. No effect where the image already has the plans' spacing.
+- ``use_mirroring`` (``--disable_tta`` turns it off): nnU-Net's test-time mirroring, 8 network
+  calls per tile in 3D.
+
+``--fast`` = in-process + fast resampling + no mirroring (:data:`FAST`). The tile step size stays
+nnU-Net's 0.5 unless ``-step_size`` says otherwise.
+"""
 from __future__ import annotations
 
+import argparse
+import multiprocessing
+import os
+import time
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
 import torch
+from batchgenerators.utilities.file_and_folder_operations import save_json
+from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.file_path_utilities import get_output_folder
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_multitask.aggregation import SubtypeAccumulator
+from nnunet_multitask.labels import CHANNEL_SUFFIX, FILE_ENDING, OFFICIAL_SPLIT_FOLD, PROBABILITY_CSV, is_debris
+from nnunet_multitask.subtype_tables import (
+    merge_parts,
+    part_file_name,
+    read_probability_table,
+    write_probability_table,
+    write_subtype_tables,
+)
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Inference strategies; the defaults reproduce ``nnUNetv2_predict``."""
+
+    in_process: bool = False
+    fast_resampling: bool = False
+    use_mirroring: bool = True
+
+
+DEFAULT = SpeedOptions()
+FAST = SpeedOptions(in_process=True, fast_resampling=True, use_mirroring=False)
+
+
+class PredictionInputError(ValueError):
+    """Bad input folder or checkpoint; the message names the file."""
+
+
+@dataclass
+class PredictionReport:
+    """What :meth:`MultitaskPredictor.predict_folder` did."""
+
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)  # every finished case of this part
+    predicted: list[str] = field(default_factory=list)                  # cases predicted by this call
+    problems: list[str] = field(default_factory=list)                   # skipped inputs, each naming its file
+    network_seconds: float = 0.0                                        # time inside predict_case (in-process)
+    total_seconds: float = 0.0
+
+
+def with_fast_resampling(configuration: ConfigurationManager) -> ConfigurationManager:
+    """A copy of ``configuration`` with linear input and nearest-neighbour logit resampling."""
+    config = deepcopy(configuration.configuration)
+    config["resampling_fn_data_kwargs"] = {**config["resampling_fn_data_kwargs"], "order": 1}
+    config["resampling_fn_probabilities_kwargs"] = {**config["resampling_fn_probabilities_kwargs"], "order": 0}
+    return ConfigurationManager(config)
+
+
+def find_input_cases(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """``{case_id: image}`` for every readable ``<case>_0000.nii.gz`` in ``folder``, and one
+    problem string (naming the file) for each file that cannot be predicted.
+
+    Raises:
+        PredictionInputError: the folder is missing or holds no image at all.
+    """
+    if not folder.is_dir():
+        raise PredictionInputError(f"{folder}: input folder does not exist")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not is_debris(p))
+    if not files:
+        raise PredictionInputError(f"{folder}: no images (expected <case>{CHANNEL_SUFFIX}{FILE_ENDING} files)")
+    cases, problems = {}, []
+    for path in files:
+        if not path.name.endswith(FILE_ENDING):
+            problems.append(f"{path}: wrong file ending (expected {FILE_ENDING})")
+        elif not path.name.endswith(CHANNEL_SUFFIX + FILE_ENDING):
+            problems.append(f"{path}: no {CHANNEL_SUFFIX} channel suffix (expected <case>{CHANNEL_SUFFIX}{FILE_ENDING})")
+        else:
+            try:
+                image = nib.load(path)
+                if len(image.shape) != 3:
+                    raise ValueError(f"expected a 3D image, got shape {image.shape}")
+                np.asanyarray(image.dataobj)  # decompresses everything: finds truncated files
+            except Exception as error:  # nibabel raises many types for corrupt files
+                problems.append(f"{path}: cannot read NIfTI ({type(error).__name__}: {error})")
+                continue
+            cases[path.name[: -len(CHANNEL_SUFFIX + FILE_ENDING)]] = path
+    if not cases and not problems:
+        raise PredictionInputError(f"{folder}: no images")
+    return cases, problems
 
 
 class MultitaskPredictor(nnUNetPredictor):
-    """``nnUNetPredictor`` whose every case prediction also yields subtype probabilities,
-    aggregated over all tiles, mirrors and folds (see :mod:`nnunet_multitask.aggregation`)."""
+    """``nnUNetPredictor`` whose every case prediction also yields subtype probabilities."""
 
     #: ``(n_subtypes,)`` probabilities of the case most recently predicted.
     last_subtype_probabilities: torch.Tensor | None = None
+
+    def __init__(self, *args, fast_resampling: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fast_resampling = fast_resampling
+        self.subtype_probabilities: dict[str, np.ndarray] = {}
+
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
+                                             checkpoint_name: str = "checkpoint_final.pth"):
+        """nnU-Net's loading, plus a clear error for a checkpoint without subtype head."""
+        where = f"{model_training_output_dir} ({checkpoint_name}, folds {use_folds})"
+        try:
+            super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        except RuntimeError as error:
+            if "subtype_head" in str(error):
+                raise PredictionInputError(f"{where}: checkpoint has no subtype head weights: {error}") from None
+            raise
+        if not hasattr(self.network, "subtype_head"):
+            raise PredictionInputError(
+                f"{where}: trained with {self.trainer_name}, whose network has no subtype head; "
+                "train with nnUNetTrainerMultitask (or use stock nnUNetv2_predict for segmentation only)"
+            )
+        if self.fast_resampling:
+            self.configuration_manager = with_fast_resampling(self.configuration_manager)
 
     def _recording_subtypes(self, predict, data: torch.Tensor) -> torch.Tensor:
         with SubtypeAccumulator(self.network) as accumulator:
@@ -34,3 +168,169 @@ class MultitaskPredictor(nnUNetPredictor):
         else:
             logits = self.predict_logits_from_preprocessed_data(data)
         return logits, self.last_subtype_probabilities
+
+    def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
+                                   num_processes_segmentation_export: int = 8):
+        """nnU-Net's pipelined prediction; records each case's probabilities under its output name."""
+
+        def recording(iterator):
+            for item in iterator:
+                yield item
+                # resumed only once nnU-Net has predicted this item
+                if item["ofile"] is not None:
+                    self.subtype_probabilities[os.path.basename(item["ofile"])] = \
+                        self.last_subtype_probabilities.numpy()
+
+        return super().predict_from_data_iterator(recording(data_iterator), save_probabilities,
+                                                  num_processes_segmentation_export)
+
+    def _predict_in_process(self, cases: dict[str, Path], output_folder: Path, save_probabilities: bool,
+                            report: PredictionReport) -> None:
+        preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
+        for case, image in cases.items():
+            try:
+                data, _, properties = preprocessor.run_case([str(image)], None, self.plans_manager,
+                                                            self.configuration_manager, self.dataset_json)
+                start = time.perf_counter()
+                logits, probabilities = self.predict_case(torch.from_numpy(data))
+                report.network_seconds += time.perf_counter() - start
+                export_prediction_from_logits(logits, properties, self.configuration_manager, self.plans_manager,
+                                              self.dataset_json, str(output_folder / case), save_probabilities)
+            except Exception as error:  # one bad case must not cost the others
+                report.problems.append(f"{image}: prediction failed ({type(error).__name__}: {error})")
+                continue
+            self.subtype_probabilities[case] = probabilities.numpy()
+
+    def predict_folder(self, input_folder: str | os.PathLike, output_folder: str | os.PathLike, *,
+                       in_process: bool = False, save_probabilities: bool = False,
+                       continue_prediction: bool = False, num_processes_preprocessing: int = 3,
+                       num_processes_segmentation_export: int = 3, num_parts: int = 1,
+                       part_id: int = 0) -> PredictionReport:
+        """Predict every ``<case>_0000.nii.gz`` of ``input_folder`` into ``output_folder``.
+
+        Writes one segmentation per case as nnU-Net does, and the subtype CSVs
+        (:mod:`nnunet_multitask.subtype_tables`) holding exactly the finished cases. Unreadable
+        inputs are skipped and reported; the other cases are still predicted.
+        """
+        start = time.perf_counter()
+        if not 0 <= part_id < num_parts:
+            raise ValueError(f"part_id must be in [0, {num_parts - 1}], got {part_id}")
+        input_folder, output_folder = Path(input_folder), Path(output_folder)
+        all_cases, problems = find_input_cases(input_folder)
+        part = {case: all_cases[case] for case in sorted(all_cases)[part_id::num_parts]}
+        table_path = output_folder / (PROBABILITY_CSV if num_parts == 1 else part_file_name(part_id, num_parts))
+        previous = read_probability_table(table_path) if continue_prediction else {}
+        report = PredictionReport(problems=problems)
+        self.subtype_probabilities = {c: p for c, p in previous.items()
+                                      if c in part and self._segmentation_path(output_folder, c).is_file()}
+        todo = {c: image for c, image in part.items() if c not in self.subtype_probabilities}
+        output_folder.mkdir(parents=True, exist_ok=True)
+        try:
+            if todo and in_process:
+                save_json(self.dataset_json, str(output_folder / "dataset.json"), sort_keys=False)
+                save_json(self.plans_manager.plans, str(output_folder / "plans.json"), sort_keys=False)
+                self._predict_in_process(todo, output_folder, save_probabilities, report)
+            elif todo:
+                self.predict_from_files([[str(image)] for image in todo.values()],
+                                        [str(output_folder / case) for case in todo], save_probabilities,
+                                        overwrite=True, num_processes_preprocessing=num_processes_preprocessing,
+                                        num_processes_segmentation_export=num_processes_segmentation_export)
+        finally:
+            report.probabilities = {c: p for c, p in self.subtype_probabilities.items()
+                                    if self._segmentation_path(output_folder, c).is_file()}
+            report.predicted = sorted(c for c in todo if c in report.probabilities)
+            self._write_tables(output_folder, table_path, report.probabilities, num_parts)
+        report.total_seconds = time.perf_counter() - start
+        return report
+
+    def _segmentation_path(self, output_folder: Path, case: str) -> Path:
+        return output_folder / (case + self.dataset_json["file_ending"])
+
+    @staticmethod
+    def _write_tables(output_folder: Path, table_path: Path, probabilities: dict, num_parts: int) -> None:
+        if num_parts == 1:
+            write_subtype_tables(output_folder, probabilities)
+            return
+        write_probability_table(table_path, probabilities)
+        try:
+            merge_parts(output_folder)
+        except FileNotFoundError as pending:
+            print(f"subtype tables not merged yet: {pending}")
+
+
+def _device(name: str) -> torch.device:
+    if name == "cpu":
+        torch.set_num_threads(multiprocessing.cpu_count())
+        return torch.device("cpu")
+    if name == "cuda":
+        # as nnUNetv2_predict: multithreading in torch does not help nnU-Net when it runs on the GPU
+        torch.set_num_threads(1)
+        torch.set_num_interop_threads(1)
+        return torch.device("cuda")
+    return torch.device(name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_predict_multitask",
+        description="nnUNetv2_predict plus subtype_results.csv / subtype_probabilities.csv in -o. "
+                    "Same arguments as nnUNetv2_predict, plus --fast and its named strategies.")
+    parser.add_argument("-i", required=True, help="input folder of <case>_0000.nii.gz images")
+    parser.add_argument("-o", required=True, help="output folder (segmentations and subtype CSVs)")
+    parser.add_argument("-d", required=True, help="dataset ID or name")
+    parser.add_argument("-p", default="nnUNetResEncUNetMPlans", help="plans identifier")
+    parser.add_argument("-tr", default="nnUNetTrainerMultitask", help="trainer the model was trained with")
+    parser.add_argument("-c", default="3d_fullres", help="configuration")
+    parser.add_argument("-f", nargs="+", default=[str(OFFICIAL_SPLIT_FOLD)],
+                        help=f"folds to ensemble (default {OFFICIAL_SPLIT_FOLD}: the official train/validation split)")
+    parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name")
+    parser.add_argument("-step_size", type=float, default=0.5, help="sliding-window step, fraction of the patch")
+    parser.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
+    parser.add_argument("-device", default="cuda", help="cuda, cpu or mps")
+    parser.add_argument("-npp", type=int, default=3, help="preprocessing workers")
+    parser.add_argument("-nps", type=int, default=3, help="segmentation export workers")
+    parser.add_argument("--save_probabilities", action="store_true", help="also write the .npz class probabilities")
+    parser.add_argument("--continue_prediction", action="store_true",
+                        help="keep finished cases (segmentation and CSV row present), predict the rest")
+    parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts")
+    parser.add_argument("-part_id", type=int, default=0, help="which part this run predicts (0-based)")
+    parser.add_argument("--fast", action="store_true", help="preset: --in-process --fast-resampling --disable_tta")
+    parser.add_argument("--in-process", action="store_true", help="no worker processes (see module docs)")
+    parser.add_argument("--fast-resampling", action="store_true", help="linear input / nearest logit resampling")
+    return parser
+
+
+def speed_options(args: argparse.Namespace) -> SpeedOptions:
+    if args.fast:
+        return FAST
+    return SpeedOptions(in_process=args.in_process, fast_resampling=args.fast_resampling,
+                        use_mirroring=not args.disable_tta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    speed = speed_options(args)
+    folds = [f if f == "all" else int(f) for f in args.f]
+    predictor = MultitaskPredictor(tile_step_size=args.step_size, use_gaussian=True,
+                                   use_mirroring=speed.use_mirroring, perform_everything_on_device=True,
+                                   device=_device(args.device), verbose=False, allow_tqdm=not args.fast,
+                                   fast_resampling=speed.fast_resampling)
+    try:
+        predictor.initialize_from_trained_model_folder(get_output_folder(args.d, args.tr, args.p, args.c), folds,
+                                                       args.chk)
+        report = predictor.predict_folder(
+            args.i, args.o, in_process=speed.in_process, save_probabilities=args.save_probabilities,
+            continue_prediction=args.continue_prediction, num_processes_preprocessing=args.npp,
+            num_processes_segmentation_export=args.nps, num_parts=args.num_parts, part_id=args.part_id)
+    except PredictionInputError as error:
+        print(f"nnUNetv2_predict_multitask: error: {error}")
+        return 1
+    print(f"predicted {len(report.predicted)} case(s) in {report.total_seconds:.1f} s; "
+          f"{len(report.probabilities)} row(s) in {args.o}")
+    for problem in report.problems:
+        print(f"skipped: {problem}")
+    return 1 if report.problems else 0
+
+
+def entry_point() -> None:
+    raise SystemExit(main())

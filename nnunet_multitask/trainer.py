@@ -359,3 +359,14 @@ def print_trainer_folder(argv: list[str] | None = None) -> int:
     """``nnunet-multitask trainer-path``: the folder to put in ``nnUNet_extTrainer``."""
     print(TRAINER_FOLDER)
     return 0
+
+
+class nnUNetTrainerMultitask_CPUDemo(nnUNetTrainerMultitask):
+    """The built-in demo's run on a CPU: 40 epochs of 25 iterations with the 3d_tiny plans."""
+    epochs = 40
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_iterations_per_epoch = 25
+        self.num_val_iterations_per_epoch = 5

@@ -12,6 +12,7 @@ from nnunet_multitask.trainer import (  # noqa: F401
     nnUNetTrainerMultitask_100epochs,
     nnUNetTrainerMultitask_100epochs_classWeighted,
     nnUNetTrainerMultitask_classWeighted,
+    nnUNetTrainerMultitask_CPUDemo,
     nnUNetTrainerMultitask_CPUSmoke,
     nnUNetTrainerMultitask_lambda05,
 )
