@@ -50,6 +50,8 @@ from nnunet_multitask.predictor import MultitaskPredictor  # noqa: E402
 RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 MULTITASK_CLASS = f"{MultitaskResEncUNet.__module__}.{MultitaskResEncUNet.__qualname__}"
 SUBTYPE_METRICS_JSON = "subtype_metrics.json"
+#: Environment variable that overrides ``subtype_loss_weight`` (lambda) of any multitask trainer.
+SUBTYPE_WEIGHT_ENV = "nnUNet_subtype_loss_weight"
 SUBTYPE_PROGRESS_PNG = "progress_subtype.png"
 
 #: Per-epoch values we add to nnU-Net's logger (one value per epoch each, as it requires).
@@ -128,6 +130,9 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.case_subtypes = read_case_subtypes(dataset_json)
+        if os.environ.get(SUBTYPE_WEIGHT_ENV):
+            self.subtype_loss_weight = float(os.environ[SUBTYPE_WEIGHT_ENV])
+        self.print_to_log_file(f"subtype loss weight (lambda): {self.subtype_loss_weight}")
         if self.epochs is not None:
             self.num_epochs = self.epochs
         history = self.logger.local_logger.my_fantastic_logging
