@@ -11,7 +11,9 @@ air), enhancing vessels (a splenic vein hugging the pancreas, an SMV and an aort
 a pancreas drawn as a lobulated tube of varying radius along a smooth 3D Bezier curve, and one
 lesion inside or bulging out of it. The subtype sets the lesion's appearance: 0 cyst-like
 (hypodense, homogeneous, sharp, round), 1 solid (hypoenhancing, textured, fuzzy, irregular),
-2 mixed (textured core with an enhancing rim of random strength, so weak rims look like 1).
+2 mixed (textured core with an enhancing rim of random strength, so weak rims look like 1). The
+parenchyma carries a secondary sign (:data:`PARENCHYMA_HU`): normal around cysts, hypoattenuating
+around solid lesions, in between for mixed ones, with overlapping ranges.
 With ``anatomy_masks`` the images are painted on real masks instead of random shapes.
 Everything is drawn from ``numpy.random.default_rng([seed, case index])``: same seed, same bytes.
 """
@@ -161,10 +163,17 @@ def _background(rng, shape, spacing, head=None) -> np.ndarray:
     return img.astype(np.float32)
 
 
+#: Pancreatic parenchyma attenuation range (HU) per subtype.
+PARENCHYMA_HU = {0: (95.0, 115.0), 1: (70.0, 92.0), 2: (82.0, 104.0)}
+
+
 def _paint(rng, img, labels, spacing, subtype: int, noise_hu: float) -> np.ndarray:
     """Paint pancreas and lesion (subtype-specific) onto ``img``, add partial volume and noise."""
     shape = labels.shape
-    pancreas_hu = rng.uniform(85, 110)
+    # secondary sign seen by the whole organ, not only at the lesion: solid tumours come with
+    # hypoattenuating (atrophic, obstructed) parenchyma, cysts with normal parenchyma; subtype 2
+    # overlaps both, so this cue alone cannot separate the classes
+    pancreas_hu = rng.uniform(*PARENCHYMA_HU[subtype])
     fine = _smooth_field(rng, shape, spacing, 1.5)
     img = np.where(labels > 0, pancreas_hu + 8 * fine, img)
     lesion = labels == LESION_LABEL
