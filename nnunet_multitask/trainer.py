@@ -123,8 +123,10 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
 
     subtype_loss_weight: float = 0.1
     class_weighted_subtype_loss: bool = False
-    #: None keeps nnU-Net's 1000 epochs.
+    #: None keeps nnU-Net's values (1000 epochs of 250 training and 50 validation iterations).
     epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    val_iterations_per_epoch: int | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -135,6 +137,10 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
         self.print_to_log_file(f"subtype loss weight (lambda): {self.subtype_loss_weight}")
         if self.epochs is not None:
             self.num_epochs = self.epochs
+        if self.iterations_per_epoch is not None:
+            self.num_iterations_per_epoch = self.iterations_per_epoch
+        if self.val_iterations_per_epoch is not None:
+            self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
         history = self.logger.local_logger.my_fantastic_logging
         for key in LOG_KEYS:
             history.setdefault(key, [])
@@ -349,12 +355,8 @@ class nnUNetTrainerMultitask_100epochs_classWeighted(nnUNetTrainerMultitask):
 class nnUNetTrainerMultitask_CPUSmoke(nnUNetTrainerMultitask):
     """2 epochs of 2 iterations: exercises every code path in seconds on a CPU (tests)."""
     epochs = 2
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
+    iterations_per_epoch = 2
+    val_iterations_per_epoch = 1
 
 
 TRAINER_FOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext_trainers")
@@ -369,9 +371,5 @@ def print_trainer_folder(argv: list[str] | None = None) -> int:
 class nnUNetTrainerMultitask_CPUDemo(nnUNetTrainerMultitask):
     """The built-in demo's run on a CPU: 40 epochs of 25 iterations with the 3d_tiny plans."""
     epochs = 40
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_iterations_per_epoch = 25
-        self.num_val_iterations_per_epoch = 5
+    iterations_per_epoch = 25
+    val_iterations_per_epoch = 5
