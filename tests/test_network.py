@@ -10,7 +10,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_multitask.aggregation import SubtypeAccumulator, foreground_weight
 from nnunet_multitask.labels import N_SUBTYPES
-from nnunet_multitask.network import MultitaskResEncUNet, SubtypeHead
+from nnunet_multitask.network import MultitaskResEncUNet, RunningStandardize, SubtypeHead
 from nnunet_multitask.plans import PLANS_DIR
 from nnunet_multitask.trainer import nnUNetTrainerMultitask
 
@@ -59,8 +59,23 @@ def test_head_reads_the_bottleneck():
     assert bottleneck.shape[1] == 16
 
 
+def test_running_standardize_makes_small_case_differences_the_signal():
+    torch.manual_seed(1)
+    standardize = RunningStandardize(4, momentum=0.1)
+    base = torch.tensor([0.8, 0.5, 1.2, 0.3])
+    for _ in range(300):  # nearly constant pooled vectors, as after InstanceNorm: +-0.01 around base
+        standardize(base + 0.01 * torch.randn(2, 4))
+    torch.testing.assert_close(standardize.running_mean, base, atol=3e-3, rtol=0)
+    torch.testing.assert_close(standardize.running_var.sqrt(), torch.full((4,), 0.01), atol=3e-3, rtol=0)
+    standardize.eval()
+    shifted = standardize((base + 0.02)[None])
+    torch.testing.assert_close(shifted, torch.full((1, 4), 2.0), atol=0.6, rtol=0)
+    assert set(dict(standardize.named_buffers())) == {"running_mean", "running_var", "num_updates"}
+
+
 def test_head_layout():
     head = SubtypeHead(32)
+    assert isinstance(head.standardize, RunningStandardize)
     kinds = [type(m).__name__ for m in head.mlp]
     assert kinds == ["LayerNorm", "Dropout", "Linear", "GELU", "Dropout", "Linear"]
     assert (head.mlp[2].in_features, head.mlp[2].out_features) == (32, 16)
