@@ -11,7 +11,7 @@ air), enhancing vessels (a splenic vein hugging the pancreas, an SMV and an aort
 a pancreas drawn as a lobulated tube of varying radius along a smooth 3D Bezier curve, and one
 lesion inside or bulging out of it. The subtype sets the lesion's appearance: 0 cyst-like
 (hypodense, homogeneous, sharp, round), 1 solid (hypoenhancing, textured, fuzzy, irregular),
-2 mixed (textured core with an enhancing rim of random strength, so weak rims look like 1). The
+2 mixed (textured core with an enhancing rim of random strength; the weakest rims look like 1). The
 parenchyma carries a secondary sign (:data:`PARENCHYMA_HU`): normal around cysts, hypoattenuating
 around solid lesions, in between for mixed ones, with overlapping ranges.
 With ``anatomy_masks`` the images are painted on real masks instead of random shapes.
@@ -164,7 +164,7 @@ def _background(rng, shape, spacing, head=None) -> np.ndarray:
 
 
 #: Pancreatic parenchyma attenuation range (HU) per subtype.
-PARENCHYMA_HU = {0: (95.0, 115.0), 1: (70.0, 92.0), 2: (82.0, 104.0)}
+PARENCHYMA_HU = {0: (95.0, 115.0), 1: (68.0, 90.0), 2: (84.0, 106.0)}
 
 
 def _paint(rng, img, labels, spacing, subtype: int, noise_hu: float) -> np.ndarray:
@@ -187,7 +187,7 @@ def _paint(rng, img, labels, spacing, subtype: int, noise_hu: float) -> np.ndarr
             value, margin_mm = rng.uniform(28, 52) + rng.uniform(8, 14) * tex, rng.uniform(1.0, 2.5)
         else:               # mixed: textured core (partly cystic), enhancing rim of random strength
             core = rng.uniform(15, 45) + 12 * tex - 15 * (_smooth_field(rng, inside.shape, spacing, 3.0) > 1.0)
-            rim_hu = core + rng.uniform(0.3, 1.0) * (rng.uniform(110, 150) - core)
+            rim_hu = core + rng.uniform(0.5, 1.0) * (rng.uniform(110, 150) - core)
             value = np.where(inside <= rng.uniform(1.5, 3.0), rim_hu, core)
             margin_mm = 0.0
         weight = np.clip(inside / margin_mm, 0, 1) if margin_mm else 1.0
