@@ -48,9 +48,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from scratch import scratch_folder  # bench/ is on sys.path when a benchmark runs as a script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REAL_CT = REPO_ROOT.parent / "shared" / "data" / "quiz_ct_test"
@@ -349,14 +350,8 @@ def main(argv=None) -> int:
         print("error: --dataset needs nnUNet_results (and nnUNet_raw for the default cases) to be set",
               file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="bench_inference_"))
-    try:
+    with scratch_folder("bench_inference_", args.keep_tmp) as tmp:
         return _benchmark(args, tmp)
-    finally:
-        if args.keep_tmp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _benchmark(args, tmp: Path) -> int:

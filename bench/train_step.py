@@ -40,13 +40,13 @@ import json
 import os
 import platform
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from scratch import scratch_folder  # bench/ is on sys.path when a benchmark runs as a script
 
 TARGET_RATIO = 1.05
 #: glibc ``MALLOC_MMAP_THRESHOLD_`` (bytes) for the CPU memory children.
@@ -245,23 +245,17 @@ def main(argv=None) -> int:
     if args.dataset and not given_preprocessed:
         print("error: --dataset needs nnUNet_preprocessed to be set", file=sys.stderr)
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="bench_train_step_"))
-    # nnunetv2.paths reads these at import time: set them before anything imports nnunetv2.
-    os.environ["nnUNet_results"] = str(tmp / "nnUNet_results")
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    if not args.dataset:
-        os.environ["nnUNet_raw"] = str(tmp / "nnUNet_raw")
-        os.environ["nnUNet_preprocessed"] = str(tmp / "nnUNet_preprocessed")
-    for name in ("nnUNet_results", "nnUNet_raw", "nnUNet_preprocessed"):
-        if name in os.environ and str(tmp) in os.environ[name]:
-            Path(os.environ[name]).mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch_folder("bench_train_step_", args.keep_tmp) as tmp:
+        # the trainers create their log folders on construction: keep them in the scratch folder
+        os.environ["nnUNet_results"] = str(tmp / "nnUNet_results")
+        os.environ["nnUNet_n_proc_DA"] = "0"
+        if not args.dataset:
+            os.environ["nnUNet_raw"] = str(tmp / "nnUNet_raw")
+            os.environ["nnUNet_preprocessed"] = str(tmp / "nnUNet_preprocessed")
+        for name in ("nnUNet_results", "nnUNet_raw", "nnUNet_preprocessed"):
+            if name in os.environ and str(tmp) in os.environ[name]:
+                Path(os.environ[name]).mkdir(parents=True, exist_ok=True)
         return _benchmark(args, tmp)
-    finally:
-        if args.keep_tmp:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _benchmark(args, tmp: Path) -> int:
