@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -28,7 +26,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from nnunet_multitask.io import atomic_path, write_json_atomic
+from nnunet_multitask.io import atomic_directory, atomic_path, write_json_atomic
 from nnunet_multitask.labels import (
     CASE_SUBTYPES_KEY, CHANNEL_SUFFIX, FILE_ENDING, LABELS, LABELLED_CASE_RE, OFFICIAL_SPLIT_FOLD,
     SUBTYPE_NAMES, SUBTYPE_NAMES_KEY, SUBTYPES, case_id_from_filename, is_debris, subtype_from_case_id,
@@ -261,9 +259,7 @@ def convert_dataset(source: str | Path, dataset_id: int = DEFAULT_DATASET_ID,
         raise FileExistsError(f"{target} already exists; pass --overwrite (overwrite=True) to replace it")
 
     cases, problems = scan_layout(source)
-    raw_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=raw_root))
-    try:
+    with atomic_directory(target) as tmp:
         for folder in ("imagesTr", "labelsTr", "imagesTs"):
             (tmp / folder).mkdir()
         jobs = [{"case_id": c["case_id"], "image": str(c["image"]), "mask": c["mask"] and str(c["mask"]),
@@ -291,12 +287,6 @@ def convert_dataset(source: str | Path, dataset_id: int = DEFAULT_DATASET_ID,
         splits = make_splits([c["case_id"] for c in cases if c["split"] == "train"],
                              [c["case_id"] for c in cases if c["split"] == "validation"])
         write_json_atomic(tmp / "splits_final.json", splits)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
     if preprocessed_root is not None:
         write_json_atomic(preprocessed_root / name / "splits_final.json", splits)

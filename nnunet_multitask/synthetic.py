@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from math import comb
 from pathlib import Path
@@ -33,7 +31,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from nnunet_multitask.io import atomic_path, write_json_atomic
+from nnunet_multitask.io import atomic_directory, atomic_path, write_json_atomic
 from nnunet_multitask.labels import (
     CHANNEL_SUFFIX, FILE_ENDING, LESION_LABEL, PANCREAS_LABEL, SUBTYPES, case_id_from_filename,
     is_debris, subtype_from_case_id,
@@ -328,9 +326,7 @@ def generate_dataset(out_dir: str | Path, config: SyntheticConfig = SyntheticCon
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         jobs = _plan_jobs(config, tmp)
         if config.num_processes > 1:
             with multiprocessing.get_context("spawn").Pool(config.num_processes) as pool:
@@ -341,12 +337,6 @@ def generate_dataset(out_dir: str | Path, config: SyntheticConfig = SyntheticCon
             (tmp / split).mkdir(exist_ok=True)
         if config.quirks:
             _write_debris(tmp, cases)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     counts = {split: {str(k): sum(c["split"] == split and c["subtype"] == k for c in cases) for k in SUBTYPES}
               for split in SPLITS}
     return {"out_dir": str(out_dir), "config": asdict(config), "counts": counts, "cases": cases}
