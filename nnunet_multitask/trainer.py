@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from pathlib import Path
 from time import sleep
 
 import matplotlib
@@ -30,22 +31,16 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa:
 from nnunetv2.utilities.file_path_utilities import check_workers_alive_and_busy  # noqa: E402
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: E402
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager  # noqa: E402
-from sklearn.metrics import f1_score, recall_score  # noqa: E402
+from sklearn.metrics import recall_score  # noqa: E402
 from torch import distributed as dist  # noqa: E402
 from torch import nn  # noqa: E402
 
-from nnunet_multitask.io import write_csv_atomic, write_json_atomic  # noqa: E402
-from nnunet_multitask.labels import (  # noqa: E402
-    FILE_ENDING,
-    PROBABILITY_CSV,
-    PROBABILITY_CSV_HEADER,
-    SUBTYPE_CSV,
-    SUBTYPE_CSV_HEADER,
-    SUBTYPES,
-    read_case_subtypes,
-)
+from nnunet_multitask.io import write_json_atomic  # noqa: E402
+from nnunet_multitask.labels import SUBTYPES, read_case_subtypes  # noqa: E402
+from nnunet_multitask.metrics import accuracy, macro_f1  # noqa: E402
 from nnunet_multitask.network import MultitaskResEncUNet, unwrap_network  # noqa: E402
 from nnunet_multitask.predictor import MultitaskPredictor  # noqa: E402
+from nnunet_multitask.subtype_tables import write_subtype_tables  # noqa: E402
 
 RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 MULTITASK_CLASS = f"{MultitaskResEncUNet.__module__}.{MultitaskResEncUNet.__qualname__}"
@@ -103,8 +98,8 @@ def subtype_scores(targets: np.ndarray, predictions: np.ndarray) -> dict[str, fl
     """Accuracy, macro-F1 and per-class recall over subtypes ``SUBTYPES``."""
     recalls = recall_score(targets, predictions, labels=list(SUBTYPES), average=None, zero_division=0)
     return {
-        "accuracy": float(np.mean(targets == predictions)),
-        "macro_f1": float(f1_score(targets, predictions, labels=list(SUBTYPES), average="macro", zero_division=0)),
+        "accuracy": accuracy(targets, predictions),
+        "macro_f1": macro_f1(targets, predictions),
         **{f"recall_{k}": float(r) for k, r in zip(SUBTYPES, recalls)},
     }
 
@@ -289,10 +284,7 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
     def _write_validation_subtypes(self, output_folder: str, probabilities: dict[str, np.ndarray]) -> dict:
         cases = sorted(probabilities)
         predicted = {k: int(np.argmax(probabilities[k])) for k in cases}
-        write_csv_atomic(os.path.join(output_folder, SUBTYPE_CSV), SUBTYPE_CSV_HEADER,
-                         [(k + FILE_ENDING, predicted[k]) for k in cases])
-        write_csv_atomic(os.path.join(output_folder, PROBABILITY_CSV), PROBABILITY_CSV_HEADER,
-                         [(k + FILE_ENDING, predicted[k], *(f"{p:.6f}" for p in probabilities[k])) for k in cases])
+        write_subtype_tables(Path(output_folder), probabilities)
         targets = np.array([self.case_subtypes[k] for k in cases])
         scores = subtype_scores(targets, np.array([predicted[k] for k in cases]))
         write_json_atomic(os.path.join(output_folder, SUBTYPE_METRICS_JSON), {
