@@ -28,14 +28,12 @@ from tqdm import tqdm
 
 from nnunet_multitask.io import atomic_directory, atomic_path, write_json_atomic
 from nnunet_multitask.labels import (
-    CASE_SUBTYPES_KEY, CHANNEL_SUFFIX, FILE_ENDING, LABELS, LABELLED_CASE_RE, OFFICIAL_SPLIT_FOLD,
-    SUBTYPE_NAMES, SUBTYPE_NAMES_KEY, SUBTYPES, case_id_from_filename, is_debris, subtype_from_case_id,
+    CASE_SUBTYPES_KEY, CHANNEL_SUFFIX, FILE_ENDING, LABELS, LABELLED_CASE_RE, MASK_ROUNDING_TOLERANCE,
+    OFFICIAL_SPLIT_FOLD, SUBTYPE_NAMES, SUBTYPE_NAMES_KEY, SUBTYPES, case_id_from_filename, is_debris, subtype_from_case_id,
 )
 
 DEFAULT_DATASET_ID = 777
 DEFAULT_DATASET_NAME = "PancreasQuiz"
-#: A float mask value is rounded only when it lies this close to 0, 1 or 2.
-MASK_TOLERANCE = 1e-3
 #: Geometry tolerances between an image and its mask.
 SPACING_RTOL, ORIGIN_ATOL_MM, DIRECTION_ATOL = 1e-3, 1e-2, 1e-3
 LABELLED_SPLITS = ("train", "validation")
@@ -148,10 +146,10 @@ def read_image_hu(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
 def mask_to_labels(values: np.ndarray, name: str) -> np.ndarray:
     """Round a (float) mask to uint8 labels; fail if any value is not within tolerance of a label."""
     labels = np.rint(values)
-    bad = (np.abs(values - labels) > MASK_TOLERANCE) | ~np.isin(labels, list(LABELS.values()))
+    bad = (np.abs(values - labels) > MASK_ROUNDING_TOLERANCE) | ~np.isin(labels, list(LABELS.values()))
     if bad.any():
         offending = [np.format_float_positional(v, precision=7, trim="-") for v in np.unique(values[bad])]
-        raise ValueError(f"{name}: mask values not within {MASK_TOLERANCE} of {sorted(LABELS.values())}: "
+        raise ValueError(f"{name}: mask values not within {MASK_ROUNDING_TOLERANCE} of {sorted(LABELS.values())}: "
                          f"{', '.join(offending[:8])}{' ...' if len(offending) > 8 else ''} ({int(bad.sum())} voxels)")
     return labels.astype(np.uint8)
 

@@ -28,6 +28,9 @@ SUBTYPE_NAMES: dict[str, str] = {str(k): f"subtype{k}" for k in SUBTYPES}
 CASE_SUBTYPES_KEY = "case_subtypes"
 SUBTYPE_NAMES_KEY = "subtype_names"
 
+#: Largest distance of a stored mask value from its label (float masks such as 1.0000153 exist).
+MASK_ROUNDING_TOLERANCE = 1e-3
+
 FILE_ENDING = ".nii.gz"
 CHANNEL_SUFFIX = "_0000"
 

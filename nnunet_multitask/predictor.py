@@ -59,7 +59,6 @@ class SpeedOptions:
     use_mirroring: bool = True
 
 
-DEFAULT = SpeedOptions()
 FAST = SpeedOptions(in_process=True, fast_resampling=True, use_mirroring=False)
 
 

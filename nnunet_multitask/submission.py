@@ -23,6 +23,7 @@ from nnunet_multitask.labels import (
     CHANNEL_SUFFIX,
     FILE_ENDING,
     LABELS,
+    MASK_ROUNDING_TOLERANCE,
     SUBTYPE_CSV,
     SUBTYPE_CSV_HEADER,
     SUBTYPES,
@@ -34,8 +35,6 @@ from nnunet_multitask.labels import (
 GEOMETRY_ATOL_MM = 1e-3
 #: Largest accepted difference of a direction-cosine entry.
 DIRECTION_ATOL = 1e-4
-#: Largest distance of a stored label value from an integer (float masks such as 1.0000153 exist).
-LABEL_ROUNDING_TOL = 1e-3
 VALID_LABELS = frozenset(LABELS.values())
 
 
@@ -69,7 +68,7 @@ def read_geometry(path: Path) -> Geometry:
     return Geometry.of(reader)
 
 
-def read_mask(path: Path, tolerance: float = LABEL_ROUNDING_TOL) -> tuple[np.ndarray, Geometry]:
+def read_mask(path: Path, tolerance: float = MASK_ROUNDING_TOLERANCE) -> tuple[np.ndarray, Geometry]:
     """A label mask as a ``uint8`` array (z, y, x) and its geometry.
 
     Float values are rounded to the nearest integer when within ``tolerance`` of it.

@@ -182,8 +182,7 @@ def messy_input(tiny_run, tmp_path) -> Path:
     ("quiz_902_0000.nii.gz", "cannot read NIfTI"),
     ("quiz_903_0000.nii.gz", "cannot read NIfTI"),
 ])
-def test_bad_input_is_named_and_the_rest_is_predicted(predictor_factory, tiny_run, messy_input, tmp_path,
-                                                       bad, expected):
+def test_bad_input_is_named_and_the_rest_is_predicted(tiny_run, messy_input, bad, expected):
     cases, problems = find_input_cases(messy_input)
     assert [p for p in problems if bad in p and expected in p]
     assert len(problems) == 4 and len(cases) == len(list(tiny_test_images(tiny_run).iterdir()))
