@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import torch
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunet_multitask.labels import N_SUBTYPES
 
 HEAD_DROPOUT = 0.2
+SUBTYPE_HEAD_PREFIX = "subtype_head."  # state-dict keys of the head
 POOLED_STATS_MOMENTUM = 0.01
 
 
@@ -103,6 +106,27 @@ class MultitaskResEncUNet(ResidualEncoderUNet):
         :attr:`subtype_logits`."""
         segmentation, self.subtype_logits = self.forward_multitask(x)
         return segmentation
+
+
+RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+MULTITASK_CLASS = f"{MultitaskResEncUNet.__module__}.{MultitaskResEncUNet.__qualname__}"
+
+
+def build_multitask_network(configuration_manager: ConfigurationManager, num_input_channels: int,
+                            num_output_channels: int, deep_supervision: bool) -> MultitaskResEncUNet:
+    """:class:`MultitaskResEncUNet` with the architecture of a ResEnc plan's configuration.
+
+    Raises:
+        ValueError: the configuration's network is not a ``ResidualEncoderUNet``.
+    """
+    if configuration_manager.network_arch_class_name not in (RESENC_CLASS, MULTITASK_CLASS):
+        raise ValueError(
+            f"nnUNetTrainerMultitask needs a ResEnc plan (network class {RESENC_CLASS}), got "
+            f"{configuration_manager.network_arch_class_name}; use -p nnUNetResEncUNetMPlans"
+        )
+    return get_network_from_plans(MULTITASK_CLASS, configuration_manager.network_arch_init_kwargs,
+                                  configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
+                                  num_output_channels, allow_init=True, deep_supervision=deep_supervision)
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:

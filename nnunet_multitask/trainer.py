@@ -29,7 +29,6 @@ from nnunetv2.inference.export_prediction import export_prediction_from_logits  
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian  # noqa: E402
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer  # noqa: E402
 from nnunetv2.utilities.file_path_utilities import check_workers_alive_and_busy  # noqa: E402
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans  # noqa: E402
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager  # noqa: E402
 from sklearn.metrics import recall_score  # noqa: E402
 from torch import distributed as dist  # noqa: E402
@@ -38,12 +37,10 @@ from torch import nn  # noqa: E402
 from nnunet_multitask.io import write_json_atomic  # noqa: E402
 from nnunet_multitask.labels import SUBTYPES, read_case_subtypes  # noqa: E402
 from nnunet_multitask.metrics import accuracy, macro_f1  # noqa: E402
-from nnunet_multitask.network import MultitaskResEncUNet, unwrap_network  # noqa: E402
+from nnunet_multitask.network import build_multitask_network, unwrap_network  # noqa: E402
 from nnunet_multitask.predictor import MultitaskPredictor  # noqa: E402
 from nnunet_multitask.subtype_tables import write_subtype_tables  # noqa: E402
 
-RESENC_CLASS = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
-MULTITASK_CLASS = f"{MultitaskResEncUNet.__module__}.{MultitaskResEncUNet.__qualname__}"
 SUBTYPE_METRICS_JSON = "subtype_metrics.json"
 #: Environment variable that overrides ``subtype_loss_weight`` (lambda) of any multitask trainer.
 SUBTYPE_WEIGHT_ENV = "nnUNet_subtype_loss_weight"
@@ -62,9 +59,10 @@ LOG_KEYS = (
 class MultitaskLoss(nn.Module):
     """nnU-Net's segmentation loss + ``weight`` x cross-entropy on the subtype logits.
 
-    The logits come from the network's :attr:`~MultitaskResEncUNet.subtype_logits` (same forward
-    pass as the segmentation output); the trainer sets :attr:`subtype_target` ``(B,)`` before each
-    step. :attr:`last_subtype_loss` keeps the unweighted classification loss for logging.
+    The logits come from the network's
+    :attr:`~nnunet_multitask.network.MultitaskResEncUNet.subtype_logits` (same forward pass as the
+    segmentation output); the trainer sets :attr:`subtype_target` ``(B,)`` before each step.
+    :attr:`last_subtype_loss` keeps the unweighted classification loss for logging.
     """
 
     def __init__(self, segmentation_loss: nn.Module, network_getter, weight: float):
@@ -146,20 +144,8 @@ class nnUNetTrainerMultitask(nnUNetTrainer):
                                    num_input_channels: int,
                                    num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        if configuration_manager.network_arch_class_name not in (RESENC_CLASS, MULTITASK_CLASS):
-            raise ValueError(
-                f"nnUNetTrainerMultitask needs a ResEnc plan (network class {RESENC_CLASS}), got "
-                f"{configuration_manager.network_arch_class_name}; use -p nnUNetResEncUNetMPlans"
-            )
-        return get_network_from_plans(
-            MULTITASK_CLASS,
-            configuration_manager.network_arch_init_kwargs,
-            configuration_manager.network_arch_init_kwargs_req_import,
-            num_input_channels,
-            num_output_channels,
-            allow_init=True,
-            deep_supervision=enable_deep_supervision,
-        )
+        return build_multitask_network(configuration_manager, num_input_channels, num_output_channels,
+                                       enable_deep_supervision)
 
     def _build_loss(self):
         return MultitaskLoss(super()._build_loss(), lambda: self.network, self.subtype_loss_weight)
