@@ -16,16 +16,44 @@ Speed strategies (:class:`SpeedOptions`), each a named option of ``nnUNetv2_pred
   back to the image's spacing. No effect where the image already has the plans' spacing.
 - ``use_mirroring`` (``--disable_tta`` turns it off): nnU-Net's test-time mirroring, 8 network
   calls per tile in 3D.
+- ``mixed_precision`` (``--mixed-precision``): bfloat16 autocast of the network on a CPU whose
+  oneDNN supports it (AVX512-BF16 or AMX; measured 3x here; slower on CPUs without, where the
+  option is ignored with a notice). The network's output is cast back to float32, so mirrors and
+  tiles are summed as without it. On CUDA nnU-Net already autocasts to float16: no change there.
+- ``direct_load`` (``--direct-load``): build the network from the plans directly instead of
+  nnU-Net's trainer search, which imports every trainer module nnU-Net ships (timm and
+  torchvision among them) before it looks in ``nnUNet_extTrainer``. Same network, same weights.
+- ``in_plane_mirroring`` (``--in-plane-mirroring``): for 3D models, test-time mirroring only along
+  the axes of the slice plane (nnU-Net puts the axis of lowest resolution first and mirrors it too):
+  4 network calls per tile instead of 8.
+- ``gc_freeze`` (``--gc-freeze``, command line only): once the model is loaded, move every object
+  made so far (the millions of torch, nnU-Net and library objects) to the garbage collector's
+  permanent generation (:func:`gc.freeze`), so that full collections while predicting and the
+  interpreter's shutdown no longer walk them (shutdown alone: ~1.3 s here).
+- ``case_sized_tiles`` (``--case-sized-tiles``): the sliding-window tile grows from the plans'
+  patch size towards the whole case (multiples of the network's stride, up to
+  :data:`CASE_TILE_MAX_PATCH_VOLUMES` patch volumes), choosing the tile for which the overlapping
+  window computes the fewest voxels (:func:`case_sized_tile`). With step 0.5 the plans' tiles
+  compute a voxel up to 2x per axis; a case within the budget is one network call per mirror. If
+  that tile does not fit in device memory the case is redone with the plans' tiles. Not in
+  ``--fast``: the subtype head then pools a field of view it was not trained on, and on the demo
+  model 2 of 12 subtypes moved.
 
-``--fast`` = in-process + fast resampling + no mirroring (:data:`FAST`). The tile step size stays
-nnU-Net's 0.5 unless ``-step_size`` says otherwise.
+``--fast`` = in-process + mixed precision + direct load + in-plane mirroring + gc freeze
+(:data:`FAST`). Tiles, step size and resampling stay nnU-Net's; what the preset costs in accuracy
+and gains in time is measured by ``bench/inference_speed.py`` (``bench/README.md``).
+``--fast --disable_tta`` or ``--fast --case-sized-tiles`` trade accuracy for more speed.
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import itertools
+import math
 import multiprocessing
 import os
 import time
+from contextlib import contextmanager
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +61,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from batchgenerators.utilities.file_and_folder_operations import save_json
+from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 from nnunetv2.inference.export_prediction import export_prediction_from_logits
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 from nnunetv2.utilities.file_path_utilities import get_output_folder
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_multitask.aggregation import SubtypeAccumulator
+from nnunet_multitask.network import SUBTYPE_HEAD_PREFIX, build_multitask_network
 from nnunet_multitask.labels import CHANNEL_SUFFIX, FILE_ENDING, OFFICIAL_SPLIT_FOLD, PROBABILITY_CSV, is_debris
 from nnunet_multitask.subtype_tables import (
     merge_parts,
@@ -57,9 +88,21 @@ class SpeedOptions:
     in_process: bool = False
     fast_resampling: bool = False
     use_mirroring: bool = True
+    mixed_precision: bool = False
+    case_sized_tiles: bool = False
+    direct_load: bool = False
+    in_plane_mirroring: bool = False
+    gc_freeze: bool = False
 
 
-FAST = SpeedOptions(in_process=True, fast_resampling=True, use_mirroring=False)
+FAST = SpeedOptions(in_process=True, mixed_precision=True, direct_load=True, in_plane_mirroring=True, gc_freeze=True)
+
+#: Class-name prefix of the trainers of :mod:`nnunet_multitask.trainer` (checked by a test).
+MULTITASK_TRAINER_PREFIX = "nnUNetTrainerMultitask"
+
+#: Largest case-sized tile, in patch volumes: bounds the network's activation memory at this
+#: multiple of what the plans' patch needs (3d_fullres of ResEnc M: ~12.6 M voxels).
+CASE_TILE_MAX_PATCH_VOLUMES = 8
 
 
 class PredictionInputError(ValueError):
@@ -83,6 +126,45 @@ def with_fast_resampling(configuration: ConfigurationManager) -> ConfigurationMa
     config["resampling_fn_data_kwargs"] = {**config["resampling_fn_data_kwargs"], "order": 1}
     config["resampling_fn_probabilities_kwargs"] = {**config["resampling_fn_probabilities_kwargs"], "order": 0}
     return ConfigurationManager(config)
+
+
+def case_sized_tile(image_shape: tuple[int, ...], patch_size: tuple[int, ...], strides: tuple[int, ...],
+                    max_voxels: int, step_size: float) -> tuple[int, ...]:
+    """The sliding-window tile for one case of ``image_shape`` (spatial voxels, same axes as
+    ``patch_size``).
+
+    Candidates are multiples of ``strides`` (the network's total downsampling per axis) from
+    ``patch_size`` up to ``image_shape`` rounded up, holding at most ``max_voxels``. Of those, the
+    one for which nnU-Net's sliding window (``step_size``, a fraction of the tile) computes the
+    fewest voxels (tiles x tile volume); ties go to fewer tiles. A case within the budget is one
+    tile; the plans' patch is a candidate, so the work never exceeds the plans' tiling.
+    """
+    axes = [range(p, max(p, math.ceil(n / s) * s) + 1, s) for n, p, s in zip(image_shape, patch_size, strides)]
+
+    def work(tile: tuple[int, ...]) -> tuple[int, int]:
+        padded = [max(n, t) for n, t in zip(image_shape, tile)]
+        n_tiles = math.prod(len(steps) for steps in compute_steps_for_sliding_window(padded, tile, step_size))
+        return n_tiles * math.prod(tile), n_tiles
+
+    return min((tile for tile in itertools.product(*axes) if math.prod(tile) <= max_voxels), key=work)
+
+
+def total_strides(configuration: ConfigurationManager) -> tuple[int, ...]:
+    """Per spatial axis, the product of the network's pooling strides."""
+    return tuple(math.prod(axis) for axis in zip(*configuration.pool_op_kernel_sizes))
+
+
+def with_patch_size(configuration: ConfigurationManager, patch_size: tuple[int, ...]) -> ConfigurationManager:
+    """A copy of ``configuration`` whose patch (the predictor's tile) is ``patch_size``."""
+    return ConfigurationManager({**configuration.configuration, "patch_size": list(patch_size)})
+
+
+def bf16_autocast_supported() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (oneDNN with AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # torch built without oneDNN
+        return False
 
 
 def find_input_cases(folder: Path) -> tuple[dict[str, Path], list[str]]:
@@ -124,19 +206,40 @@ class MultitaskPredictor(nnUNetPredictor):
     #: ``(n_subtypes,)`` probabilities of the case most recently predicted.
     last_subtype_probabilities: torch.Tensor | None = None
 
-    def __init__(self, *args, fast_resampling: bool = False, **kwargs):
+    def __init__(self, *args, fast_resampling: bool = False, mixed_precision: bool = False,
+                 case_sized_tiles: bool = False, direct_load: bool = False, in_plane_mirroring: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        self.in_plane_mirroring = in_plane_mirroring
         self.fast_resampling = fast_resampling
+        self.mixed_precision = mixed_precision
+        self.case_sized_tiles = case_sized_tiles
+        self.direct_load = direct_load
         self.subtype_probabilities: dict[str, np.ndarray] = {}
+        if mixed_precision and self.device.type == "cpu" and not bf16_autocast_supported():
+            print("--mixed-precision ignored: this CPU has no native bfloat16 (it would be slower)")
+
+    @classmethod
+    def for_speed(cls, speed: SpeedOptions, device: torch.device, tile_step_size: float = 0.5,
+                  **kwargs) -> "MultitaskPredictor":
+        """A predictor with the strategies of ``speed`` (``in_process`` is an argument of
+        :meth:`predict_folder`); other keywords go to ``nnUNetPredictor``."""
+        return cls(tile_step_size=tile_step_size, use_gaussian=True, use_mirroring=speed.use_mirroring,
+                   perform_everything_on_device=True, device=device, fast_resampling=speed.fast_resampling,
+                   mixed_precision=speed.mixed_precision, case_sized_tiles=speed.case_sized_tiles,
+                   direct_load=speed.direct_load, in_plane_mirroring=speed.in_plane_mirroring, **kwargs)
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
                                              checkpoint_name: str = "checkpoint_final.pth"):
-        """nnU-Net's loading, plus a clear error for a checkpoint without subtype head."""
+        """nnU-Net's loading (with ``direct_load``: without its trainer search where it can), plus a
+        clear error for a checkpoint without subtype head."""
         where = f"{model_training_output_dir} ({checkpoint_name}, folds {use_folds})"
         try:
-            super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+            if not (self.direct_load and self._load_multitask_model(Path(model_training_output_dir), use_folds,
+                                                                    checkpoint_name)):
+                super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         except RuntimeError as error:
-            if "subtype_head" in str(error):
+            if SUBTYPE_HEAD_PREFIX in str(error):
                 raise PredictionInputError(f"{where}: checkpoint has no subtype head weights: {error}") from None
             raise
         if not hasattr(self.network, "subtype_head"):
@@ -146,6 +249,83 @@ class MultitaskPredictor(nnUNetPredictor):
             )
         if self.fast_resampling:
             self.configuration_manager = with_fast_resampling(self.configuration_manager)
+        if self.in_plane_mirroring and self.allowed_mirroring_axes and len(self.configuration_manager.patch_size) == 3:
+            self.allowed_mirroring_axes = tuple(axis for axis in self.allowed_mirroring_axes if axis != 0)
+
+    def _load_multitask_model(self, folder: Path, use_folds, checkpoint_name: str) -> bool:
+        """Load the model as nnU-Net does, but build the multitask network from the plans
+        directly instead of finding the trainer class by nnU-Net's search, which imports every
+        trainer module nnU-Net ships (timm and torchvision among them) and then ours.
+
+        Only for checkpoints of this package's trainers (name ``nnUNetTrainerMultitask*``, weights
+        with the subtype head) whose weights load strictly into that network; False, with nothing
+        loaded, otherwise (nnU-Net's loading then decides)."""
+        if use_folds is None:
+            use_folds = self.auto_detect_available_folds(str(folder), checkpoint_name)
+        folds = [use_folds] if isinstance(use_folds, str) else list(use_folds)
+        checkpoints = [torch.load(folder / f"fold_{fold}" / checkpoint_name, map_location="cpu", weights_only=False)
+                       for fold in folds]
+        parameters = [checkpoint["network_weights"] for checkpoint in checkpoints]
+        trainer_name = checkpoints[0]["trainer_name"]
+        if not (trainer_name.startswith(MULTITASK_TRAINER_PREFIX)
+                and any(key.startswith(SUBTYPE_HEAD_PREFIX) for key in parameters[0])):
+            return False
+        plans_manager = PlansManager(load_json(str(folder / "plans.json")))
+        dataset_json = load_json(str(folder / "dataset.json"))
+        configuration_manager = plans_manager.get_configuration(checkpoints[0]["init_args"]["configuration"])
+        network = build_multitask_network(
+            configuration_manager, determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+            plans_manager.get_label_manager(dataset_json).num_segmentation_heads, deep_supervision=False)
+        try:
+            network.load_state_dict(parameters[0])
+        except RuntimeError:  # a subclass trainer with its own architecture
+            return False
+        self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
+                                   trainer_name, checkpoints[0].get("inference_allowed_mirroring_axes"))
+        return True
+
+    @contextmanager
+    def _mixed_precision(self):
+        """bfloat16 autocast of the network's convolutions, its output cast back to float32 so that
+        nnU-Net sums mirrors and tiles as it does without autocast."""
+        if not (self.mixed_precision and self.device.type == "cpu" and bf16_autocast_supported()):
+            yield
+            return
+        handle = self.network.register_forward_hook(
+            lambda module, inputs, output: output.float() if isinstance(output, torch.Tensor) else None)
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                yield
+        finally:
+            handle.remove()
+
+    @contextmanager
+    def _tiles(self, configuration: ConfigurationManager):
+        """Within the block the predictor tiles with ``configuration``'s patch size."""
+        plans_configuration, self.configuration_manager = self.configuration_manager, configuration
+        try:
+            yield
+        finally:
+            self.configuration_manager = plans_configuration
+
+    def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's sliding window over ``(C, *spatial)``, with the mixed-precision and
+        case-sized-tile strategies when they are on."""
+        patch = tuple(self.configuration_manager.patch_size)
+        tile = patch
+        if self.case_sized_tiles:
+            tile = case_sized_tile(tuple(input_image.shape[-len(patch):]), patch,
+                                   total_strides(self.configuration_manager),
+                                   CASE_TILE_MAX_PATCH_VOLUMES * math.prod(patch), self.tile_step_size)
+        with self._mixed_precision():
+            if tile == patch:
+                return super().predict_sliding_window_return_logits(input_image)
+            try:
+                with self._tiles(with_patch_size(self.configuration_manager, tile)):
+                    return super().predict_sliding_window_return_logits(input_image)
+            except torch.OutOfMemoryError:
+                print(f"case-sized tile {tile} does not fit in {self.device} memory; using the plans' tiles")
+                return super().predict_sliding_window_return_logits(input_image)
 
     def _recording_subtypes(self, predict, data: torch.Tensor) -> torch.Tensor:
         with SubtypeAccumulator(self.network) as accumulator:
@@ -293,30 +473,47 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep finished cases (segmentation and CSV row present), predict the rest")
     parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts")
     parser.add_argument("-part_id", type=int, default=0, help="which part this run predicts (0-based)")
-    parser.add_argument("--fast", action="store_true", help="preset: --in-process --fast-resampling --disable_tta")
+    parser.add_argument("--fast", action="store_true",
+                        help="preset: --in-process --mixed-precision --direct-load --in-plane-mirroring --gc-freeze")
     parser.add_argument("--in-process", action="store_true", help="no worker processes (see module docs)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="bfloat16 network on CPUs with native support (CUDA: already float16)")
+    parser.add_argument("--case-sized-tiles", action="store_true",
+                        help=f"one tile per case, up to {CASE_TILE_MAX_PATCH_VOLUMES} patch volumes")
+    parser.add_argument("--direct-load", action="store_true",
+                        help="build our trainer's network without nnU-Net's search through all its trainers")
+    parser.add_argument("--in-plane-mirroring", action="store_true",
+                        help="3D: test-time mirroring within the slice plane only (4 instead of 8 passes)")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="freeze the garbage collector's heap after loading (faster collections and exit)")
     parser.add_argument("--fast-resampling", action="store_true", help="linear input / nearest logit resampling")
     return parser
 
 
 def speed_options(args: argparse.Namespace) -> SpeedOptions:
-    if args.fast:
-        return FAST
-    return SpeedOptions(in_process=args.in_process, fast_resampling=args.fast_resampling,
-                        use_mirroring=not args.disable_tta)
+    """The preset (``--fast``) or the defaults, plus every strategy named on the command line."""
+    base = FAST if args.fast else SpeedOptions()
+    return SpeedOptions(in_process=base.in_process or args.in_process,
+                        fast_resampling=base.fast_resampling or args.fast_resampling,
+                        use_mirroring=base.use_mirroring and not args.disable_tta,
+                        mixed_precision=base.mixed_precision or args.mixed_precision,
+                        case_sized_tiles=base.case_sized_tiles or args.case_sized_tiles,
+                        direct_load=base.direct_load or args.direct_load,
+                        in_plane_mirroring=base.in_plane_mirroring or args.in_plane_mirroring,
+                        gc_freeze=base.gc_freeze or args.gc_freeze)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     speed = speed_options(args)
     folds = [f if f == "all" else int(f) for f in args.f]
-    predictor = MultitaskPredictor(tile_step_size=args.step_size, use_gaussian=True,
-                                   use_mirroring=speed.use_mirroring, perform_everything_on_device=True,
-                                   device=_device(args.device), verbose=False, allow_tqdm=not args.fast,
-                                   fast_resampling=speed.fast_resampling)
+    predictor = MultitaskPredictor.for_speed(speed, _device(args.device), args.step_size, verbose=False,
+                                             allow_tqdm=not speed.in_process)
     try:
         predictor.initialize_from_trained_model_folder(get_output_folder(args.d, args.tr, args.p, args.c), folds,
                                                        args.chk)
+        if speed.gc_freeze:
+            gc.freeze()
         report = predictor.predict_folder(
             args.i, args.o, in_process=speed.in_process, save_probabilities=args.save_probabilities,
             continue_prediction=args.continue_prediction, num_processes_preprocessing=args.npp,

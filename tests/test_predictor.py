@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import gzip
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +14,18 @@ import torch
 
 from nnunet_multitask.aggregation import foreground_weight
 from nnunet_multitask.labels import PROBABILITY_CSV, SUBTYPE_CSV
-from nnunet_multitask.predictor import MultitaskPredictor, PredictionInputError, find_input_cases
+from nnunet_multitask.predictor import (
+    FAST,
+    MultitaskPredictor,
+    PredictionInputError,
+    SpeedOptions,
+    bf16_autocast_supported,
+    build_parser,
+    case_sized_tile,
+    find_input_cases,
+    speed_options,
+    total_strides,
+)
 from nnunet_multitask.subtype_tables import merge_parts, part_file_name, read_probability_table, write_subtype_tables
 
 from conftest import SMOKE_TRAINER, TINY_CONFIGURATION, TINY_PLANS, shared_data
@@ -140,6 +152,130 @@ def test_fast_resampling_changes_only_the_interpolation_orders(predictor_factory
         {k: v for k, v in default.configuration.items() if "resampling" not in k}
 
 
+@pytest.mark.parametrize("image, expected", [
+    ((30, 58, 58), (32, 64, 64)),     # fits: one tile, rounded up to the strides (4, 8, 8)
+    ((20, 40, 50), (24, 64, 64)),     # smaller than the patch: the patch
+    # too big for 4 patch volumes: 4 x 2 x 1 tiles of 24x80x184 (2.8 M voxels computed) instead of
+    # the patch's 4 x 3 x 5 tiles (5.9 M voxels)
+    ((59, 117, 181), (24, 80, 184)),
+])
+def test_case_sized_tile(image, expected):
+    tile = case_sized_tile(image, (24, 64, 64), (4, 8, 8), max_voxels=4 * 24 * 64 * 64, step_size=0.5)
+    assert tile == expected
+
+
+def test_total_strides_of_the_tiny_plans(predictor_factory):
+    assert total_strides(predictor_factory().configuration_manager) == (4, 8, 8)
+
+
+def count_network_calls(predictor: MultitaskPredictor, data: torch.Tensor) -> tuple[int, list, torch.Tensor]:
+    shapes = []
+    handle = predictor.network.register_forward_hook(lambda m, i, o: shapes.append((tuple(i[0].shape), o.dtype)))
+    try:
+        logits, _ = predictor.predict_case(data)
+    finally:
+        handle.remove()
+    return len(shapes), shapes, logits
+
+
+def test_case_sized_tiles_make_one_call_per_mirror(predictor_factory):
+    patch = predictor_factory().configuration_manager.patch_size
+    data = torch.randn(1, patch[0] + 6, patch[1] - 6, patch[2] - 6)  # two tiles along the first axis
+    plans_calls, _, plans_logits = count_network_calls(predictor_factory(), data)
+    tiled = predictor_factory(case_sized_tiles=True)
+    calls, shapes, logits = count_network_calls(tiled, data)
+    assert (plans_calls, calls) == (2 * 8, 8)
+    assert {s for s, _ in shapes} == {(1, 1, patch[0] + 8, patch[1], patch[2])}
+    assert logits.shape == plans_logits.shape == (3, *data.shape[1:])
+    assert tuple(tiled.configuration_manager.patch_size) == tuple(patch)  # the plans' tile is back
+
+
+@pytest.mark.skipif(not bf16_autocast_supported(), reason="this CPU has no native bfloat16")
+def test_mixed_precision_runs_the_network_in_bfloat16(predictor_factory):
+    patch = predictor_factory().configuration_manager.patch_size
+    data = torch.randn(1, *patch)
+    _, shapes, logits = count_network_calls(predictor_factory(mixed_precision=True, use_mirroring=False), data)
+    _, full_shapes, full_logits = count_network_calls(predictor_factory(use_mirroring=False), data)
+    assert {dtype for _, dtype in shapes} == {torch.bfloat16} and {d for _, d in full_shapes} == {torch.float32}
+    # bfloat16 keeps 8 bits of mantissa: logits agree to about a percent, the labels almost everywhere
+    difference = torch.abs(logits.float() - full_logits.float())
+    print(f"mean |diff| {difference.mean():.4f}, max |logit| {full_logits.abs().max():.2f}, "
+          f"same label {(logits.argmax(0) == full_logits.argmax(0)).float().mean():.4f}")
+    assert difference.mean() < 0.01 * full_logits.abs().max()
+    assert (logits.argmax(0) == full_logits.argmax(0)).float().mean() > 0.98
+
+
+def test_direct_load_builds_the_same_model_without_nnunets_trainer_search(predictor_factory, monkeypatch):
+    searched = predictor_factory()
+
+    def no_search(name):
+        raise AssertionError(f"nnU-Net's trainer search was called for {name}")
+
+    monkeypatch.setattr("nnunetv2.inference.predict_from_raw_data.recursive_find_trainer_class_by_name", no_search)
+    direct = predictor_factory(direct_load=True)
+    assert type(direct.network) is type(searched.network) and direct.trainer_name == searched.trainer_name
+    assert direct.allowed_mirroring_axes == searched.allowed_mirroring_axes
+    assert direct.configuration_manager.configuration == searched.configuration_manager.configuration
+    for mine, theirs in zip(direct.list_of_parameters, searched.list_of_parameters, strict=True):
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    for (name, mine), (_, theirs) in zip(direct.network.state_dict().items(), searched.network.state_dict().items(),
+                                         strict=True):
+        assert torch.equal(mine, theirs), name
+
+
+def test_in_plane_mirroring_drops_the_slice_axis(predictor_factory):
+    patch = predictor_factory().configuration_manager.patch_size
+    data = torch.randn(1, *patch)
+    full = predictor_factory()
+    in_plane = predictor_factory(in_plane_mirroring=True)
+    assert full.allowed_mirroring_axes == (0, 1, 2) and in_plane.allowed_mirroring_axes == (1, 2)
+    full_calls, full_shapes, _ = count_network_calls(full, data)
+    calls, _, logits = count_network_calls(in_plane, data)
+    assert (full_calls, calls) == (8, 4)
+    # the same 4 passes as nnU-Net's mirroring restricted to axes (1, 2) by hand
+    full.allowed_mirroring_axes = (1, 2)
+    torch.testing.assert_close(logits, full.predict_case(data)[0])
+
+
+@pytest.mark.parametrize("flags, frozen", [([], False), (["--gc-freeze"], True), (["--fast"], True)])
+def test_gc_freeze_after_the_model_is_loaded(tiny_run, predictor_factory, tmp_path, monkeypatch, flags, frozen):
+    from nnunet_multitask import predictor as module
+
+    calls = []
+    monkeypatch.setattr(module.gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(module.MultitaskPredictor, "predict_folder",
+                        lambda self, *a, **k: calls.append("predict") or module.PredictionReport())
+    assert module.main(["-i", str(tiny_test_images(tiny_run)), "-o", str(tmp_path), "-d", tiny_run.dataset_name,
+                        "-c", TINY_CONFIGURATION, "-tr", SMOKE_TRAINER, "-f", str(tiny_run.fold), "-device", "cpu",
+                        *flags]) == 0
+    assert calls == (["freeze", "predict"] if frozen else ["predict"])
+
+
+def test_every_trainer_of_the_package_has_the_direct_load_prefix():
+    from nnunet_multitask import trainer as trainers
+    from nnunet_multitask.predictor import MULTITASK_TRAINER_PREFIX
+
+    names = [name for name, obj in vars(trainers).items()
+             if isinstance(obj, type) and issubclass(obj, trainers.nnUNetTrainerMultitask)]
+    assert len(names) > 5 and all(name.startswith(MULTITASK_TRAINER_PREFIX) for name in names)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], SpeedOptions()),
+    (["--fast"], FAST),
+    (["--fast", "--disable_tta"], replace(FAST, use_mirroring=False)),
+    (["--fast", "--case-sized-tiles"], replace(FAST, case_sized_tiles=True)),
+    (["--in-process", "--fast-resampling"], SpeedOptions(in_process=True, fast_resampling=True)),
+    (["--case-sized-tiles", "--mixed-precision", "--direct-load", "--in-plane-mirroring", "--gc-freeze"],
+     SpeedOptions(case_sized_tiles=True, mixed_precision=True, direct_load=True, in_plane_mirroring=True,
+                  gc_freeze=True)),
+])
+def test_speed_options_from_the_command_line(argv, expected):
+    args = build_parser().parse_args(["-i", "in", "-o", "out", "-d", "1", *argv])
+    assert speed_options(args) == expected
+
+
+
 def test_fast_preset_command_runs(tiny_run, tmp_path):
     out = tmp_path / "fast"
     result = tiny_run.run("nnUNetv2_predict_multitask", "-i", str(tiny_test_images(tiny_run)), "-o", str(out),
@@ -202,7 +338,8 @@ def test_empty_folder_is_an_error(tmp_path):
         find_input_cases(tmp_path / "empty")
 
 
-def test_checkpoint_without_head_is_a_clear_error(tiny_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("direct_load", [False, True])
+def test_checkpoint_without_head_is_a_clear_error(tiny_run, tmp_path, monkeypatch, direct_load):
     results = tmp_path / "results"
     model = results / tiny_run.dataset_name / f"nnUNetTrainer__{TINY_PLANS}__{TINY_CONFIGURATION}"
     shutil.copytree(tiny_run.model_folder, model)
@@ -213,7 +350,7 @@ def test_checkpoint_without_head_is_a_clear_error(tiny_run, tmp_path, monkeypatc
                                      if not k.startswith("subtype_head.")}
     torch.save(checkpoint, checkpoint_file)
     monkeypatch.setenv("nnUNet_results", str(results))
-    predictor = MultitaskPredictor(device=torch.device("cpu"))
+    predictor = MultitaskPredictor(device=torch.device("cpu"), direct_load=direct_load)
     with pytest.raises(PredictionInputError, match="no subtype head"):
         predictor.initialize_from_trained_model_folder(str(model), (tiny_run.fold,))
 
