@@ -20,11 +20,14 @@ Targets (printed with PASS/FAIL): default <= 1.05x stock wall time; --fast >= 5x
 end to end, its mean Dice (pancreas and lesion) within 0.01 of default's, and the same subtype as
 default on >= 95% of cases.
 
-Where --fast's time goes: the fast mode is run once more in this process
-(``MultitaskPredictor.predict_folder(..., in_process=True)`` with the ``FAST`` options), giving
-``network_seconds`` (inside ``predict_case``) of ``total_seconds`` (read, preprocess, predict,
-export, CSVs), and the model load time; process start-up (interpreter, imports) + model load is
-the subprocess wall time minus the ``total_seconds`` that the same subprocess printed.
+Strategies one by one, and where --fast's time goes: every variant of
+:func:`strategy_variants` (the in-process reference, each strategy of ``--fast`` alone, the
+preset, and the strategies it leaves out) runs once in this process on the same cases
+(``MultitaskPredictor.predict_folder(..., in_process=True)``), giving ``total_seconds``,
+``network_seconds`` (inside ``predict_case``) and, with labels, Dice and subtype agreement against
+the reference. The process-level strategies (direct load, gc freeze) are timed as fresh processes
+that import, load the model and exit (:func:`process_costs`). From these and the subprocess runs,
+the seconds each strategy saved between default mode and ``--fast`` are estimated.
 
 A timing-only run of the three modes on real CT sizes follows when ``--real-ct`` (default
 ``../shared/data/quiz_ct_test`` relative to the repo root) exists; it is skipped with a message
@@ -68,6 +71,8 @@ FAST_MIN_SPEEDUP = 5.0        # stock / fast wall time
 FAST_MAX_DICE_DROP = 0.01     # |mean Dice fast - mean Dice default|
 FAST_MIN_AGREEMENT = 0.95     # same subtype as default
 TOTAL_RE = re.compile(r"predicted \d+ case\(s\) in ([0-9.]+) s")
+FAST_LABEL = "--fast"
+MIXED_LABEL = "+ mixed precision"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -90,6 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, help="set OMP/MKL/OPENBLAS_NUM_THREADS to this for every mode "
                                                 "(default: the environment's, unchanged)")
+    p.add_argument("--strategies-only", action="store_true",
+                   help="only the in-process table of strategies one by one (no subprocess timing, no real CT)")
     p.add_argument("--check", action="store_true", help="exit 1 when a target fails")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary folder (printed)")
     return p.parse_args(argv)
@@ -253,31 +260,132 @@ def read_true_subtypes(dataset_name: str, model_folder: Path, env: dict) -> tupl
     return {}, "none (no dataset.json with case_subtypes)"
 
 
-# ----------------------------------------------------------------------------- in-process breakdown
-def fast_breakdown(images: Path, out: Path, model_folder: Path, args) -> dict:
-    """One in-process fast run: model load, network and total seconds of predict_folder."""
+# ----------------------------------------------------------------------------- strategies one by one
+def strategy_variants():
+    """(label, SpeedOptions) pairs, all in-process: the reference (every other strategy at
+    nnU-Net's default), the strategies of --fast, the preset, and the ones --fast leaves out."""
+    from dataclasses import replace
+
+    from nnunet_multitask.predictor import FAST, SpeedOptions
+
+    reference = SpeedOptions(in_process=True)
+    return [
+        ("in-process only (reference)", reference),
+        (MIXED_LABEL, replace(reference, mixed_precision=True)),
+        ("+ in-plane mirroring", replace(reference, in_plane_mirroring=True)),
+        (FAST_LABEL, FAST),
+        ("+ case-sized tiles (not in --fast)", replace(reference, case_sized_tiles=True)),
+        ("--fast --case-sized-tiles", replace(FAST, case_sized_tiles=True)),
+        ("+ fast resampling (not in --fast)", replace(reference, fast_resampling=True)),
+        ("--fast --disable_tta", replace(FAST, use_mirroring=False)),
+    ]
+
+
+PROCESS_SCRIPT = """
+import gc, sys, time
+import torch
+from nnunet_multitask.predictor import MultitaskPredictor
+start = time.perf_counter()
+predictor = MultitaskPredictor(device=torch.device("cpu"), direct_load=sys.argv[1] == "1")
+predictor.initialize_from_trained_model_folder(sys.argv[3], [sys.argv[4] if sys.argv[4] == "all" else int(sys.argv[4])])
+if sys.argv[2] == "1":
+    gc.freeze()
+print("LOAD", time.perf_counter() - start)
+"""
+PROCESS_VARIANTS = {"search": ("0", "0"), "direct": ("1", "0"), "direct + gc freeze": ("1", "1")}
+
+
+def process_costs(model_folder: Path, fold: str, env: dict, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Per process variant (nnU-Net's trainer search; --direct-load; --direct-load --gc-freeze), the
+    median over ``rounds`` alternating fresh processes that import, load the model and exit: the
+    load seconds and the wall seconds of the whole process."""
+    samples = {name: {"load": [], "wall": []} for name in PROCESS_VARIANTS}
+    for _ in range(rounds):
+        for name, flags in PROCESS_VARIANTS.items():
+            start = time.perf_counter()
+            result = subprocess.run([sys.executable, "-c", PROCESS_SCRIPT, *flags, str(model_folder), fold], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
+            samples[name]["wall"].append(time.perf_counter() - start)
+            samples[name]["load"].append(float(result.stdout.split("LOAD")[-1]))
+    return {name: {k: statistics.median(v) for k, v in values.items()} for name, values in samples.items()}
+
+
+def strategies(images: Path, labels: Path | None, out_root: Path, model_folder: Path, args) -> list[dict]:
+    """Each variant once in this process: model load, predict_folder's total and network seconds,
+    and (with labels) accuracy."""
     chatter = io.StringIO()  # nnU-Net's trainer search and CPU notices
     with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-        return _fast_breakdown(images, out, model_folder, args)
+        return [_strategy_run(label, speed, images, labels, out_root / f"strategy{i}", model_folder, args)
+                for i, (label, speed) in enumerate(strategy_variants())]
 
 
-def _fast_breakdown(images: Path, out: Path, model_folder: Path, args) -> dict:
+def _strategy_run(label: str, speed, images: Path, labels: Path | None, out: Path, model_folder: Path,
+                  args) -> dict:
     import torch
 
-    from nnunet_multitask.predictor import FAST, MultitaskPredictor, _device
+    from nnunet_multitask.predictor import MultitaskPredictor, _device
 
     start = time.perf_counter()
-    predictor = MultitaskPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=FAST.use_mirroring,
-                                   perform_everything_on_device=True, device=_device(args.device), verbose=False,
-                                   allow_tqdm=False, fast_resampling=FAST.fast_resampling)
-    folds = [args.fold if args.fold == "all" else int(args.fold)]
-    predictor.initialize_from_trained_model_folder(str(model_folder), folds, "checkpoint_final.pth")
+    predictor = MultitaskPredictor.for_speed(speed, _device(args.device), verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_folder), [args.fold if args.fold == "all"
+                                                                       else int(args.fold)], "checkpoint_final.pth")
     load = time.perf_counter() - start
-    report = predictor.predict_folder(images, out, in_process=FAST.in_process)
+    report = predictor.predict_folder(images, out, in_process=True)
     if report.problems:
-        raise RuntimeError(f"in-process fast run: {report.problems}")
-    return {"load": load, "network": report.network_seconds, "total": report.total_seconds,
-            "threads": torch.get_num_threads()}
+        raise RuntimeError(f"{label}: {report.problems}")
+    return {"label": label, "load": load, "network": report.network_seconds, "total": report.total_seconds,
+            "threads": torch.get_num_threads(), "accuracy": accuracy(out, labels, {}) if labels else None}
+
+
+def print_strategies(rows: list[dict], process: dict[str, dict[str, float]], runs: dict | None) -> None:
+    """The table of variants; with the subprocess ``runs``, where --fast's time goes and which
+    strategy saved how much of default mode's wall time."""
+    reference = rows[0]
+    by_label = {row["label"]: row for row in rows}
+    print(f"{'variant (in this process, ' + str(reference['threads']) + ' threads)':<40}{'total s':>9}"
+          f"{'network s':>11}{'net share':>10}{'speed-up':>10}{'pancreas':>10}{'lesion':>9}{'subtype agree':>15}")
+    ref_subtypes = (reference["accuracy"] or {}).get("subtypes") or {}
+    for row in rows:
+        line = (f"{row['label']:<40}{row['total']:>9.1f}{row['network']:>11.1f}{row['network'] / row['total']:>10.0%}"
+                f"{reference['total'] / row['total']:>9.2f}x")
+        a = row["accuracy"]
+        if a:
+            subtypes = a["subtypes"] or {}
+            same = sum(subtypes.get(c) == s for c, s in ref_subtypes.items())
+            line += (f"{a['dice_pancreas'] - reference['accuracy']['dice_pancreas']:>+10.4f}"
+                     f"{a['dice_lesion'] - reference['accuracy']['dice_lesion']:>+9.4f}"
+                     f"{f'{same}/{len(ref_subtypes)}':>15}")
+        print(line)
+    print("  (total: predict_folder seconds; speed-up: reference total / variant total; Dice: mean over cases,\n"
+          "   difference to the reference; subtype agree: same argmax as the reference)")
+    print("fresh process that imports, loads the model and exits (median of 3):")
+    for name, cost in process.items():
+        print(f"  {name:<20} load {cost['load']:5.2f} s   process wall {cost['wall']:5.2f} s")
+    fast_totals = [r["total"] for r in runs["fast"] if r["total"] is not None] if runs else []
+    if not fast_totals:
+        return
+    default_wall, fast_wall = median_wall(runs["default"]), median_wall(runs["fast"])
+    fast_total = statistics.median(fast_totals)
+    direct_saving = process["search"]["wall"] - process["direct"]["wall"]
+    freeze_saving = process["direct"]["wall"] - process["direct + gc freeze"]["wall"]
+    # default mode minus what in-process changes nothing about: estimated wall of --in-process alone
+    in_process_wall = fast_wall - fast_total + direct_saving + freeze_saving + reference["total"]
+    saved = {
+        "in-process (no worker pools; default wall - estimated in-process wall)": default_wall - in_process_wall,
+        "mixed precision (reference total - mixed precision total)": reference["total"] - by_label[MIXED_LABEL]["total"],
+        "in-plane mirroring (mixed precision total - --fast total)":
+            by_label[MIXED_LABEL]["total"] - by_label[FAST_LABEL]["total"],
+        "direct load (process wall: search - direct)": direct_saving,
+        "gc freeze (process wall: direct - direct + gc freeze)": freeze_saving,
+    }
+    print(f"\n--fast end to end: {fast_wall:.1f} s wall = process start-up, model load and exit "
+          f"{fast_wall - fast_total:.1f} s + predict_folder {fast_total:.1f} s, of which the network "
+          f"{by_label[FAST_LABEL]['network']:.1f} s ({by_label[FAST_LABEL]['network'] / by_label[FAST_LABEL]['total']:.0%}"
+          f" in the in-process run)")
+    print(f"default {default_wall:.1f} s -> --fast {fast_wall:.1f} s: {default_wall - fast_wall:.1f} s saved, by strategy "
+          "(estimates from the runs above; they need not add up exactly):")
+    for name, seconds in saved.items():
+        print(f"  {name:<74}{seconds:7.1f} s  ({seconds / (default_wall - fast_wall):.0%})")
 
 
 # ----------------------------------------------------------------------------- report
@@ -431,6 +539,13 @@ def _benchmark(args, tmp: Path) -> int:
     subprocess.run([sys.executable, "-c", "import nnunetv2.inference.predict_from_raw_data, "
                     "nnunet_multitask.predictor"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    if args.strategies_only:
+        print("\nstrategies one by one (in this process, same cases):", flush=True)
+        print_strategies(strategies(images, labels, tmp / "out", model_folder, args),
+                         process_costs(model_folder, args.fold, env), None)
+        print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
+        return 0
+
     # ------------------------------------------------------------- the cases with labels
     print(f"\n== {images.name}: {len(list(images.glob('*_0000.nii.gz')))} cases", flush=True)
     runs = alternate(images, tmp / "out", dataset_name, args.rounds, args, env, keep_first=True)
@@ -447,24 +562,10 @@ def _benchmark(args, tmp: Path) -> int:
     print("\ntargets (this machine, these cases):")
     print_verdicts(verdicts)
 
-    # ------------------------------------------------------------- where --fast's time goes
-    fast_walls = [r["wall"] for r in runs["fast"]]
-    fast_totals = [r["total"] for r in runs["fast"] if r["total"] is not None]
-    breakdown = fast_breakdown(images, tmp / "out" / "fast_in_process", model_folder, args)
-    print("\n--fast, where the time goes:")
-    print(f"  subprocess wall (median of {len(fast_walls)})              {statistics.median(fast_walls):8.1f} s")
-    if fast_totals:
-        total = statistics.median(fast_totals)
-        print(f"    predict_folder total it printed (median)  {total:8.1f} s")
-        print(f"    process start-up + model load (the rest)  {statistics.median(fast_walls) - total:8.1f} s")
-    print(f"  in-process run in this process ({breakdown['threads']} torch threads):")
-    print(f"    model load (predictor + checkpoint)         {breakdown['load']:6.2f} s")
-    print(f"    predict_folder total_seconds               {breakdown['total']:7.2f} s")
-    print(f"    network_seconds (predict_case)             {breakdown['network']:7.2f} s  "
-          f"= {breakdown['network'] / breakdown['total']:.0%} of total_seconds")
-    print(f"    rest (read, preprocess, resample, export)  {breakdown['total'] - breakdown['network']:7.2f} s")
-    print(f"  start-up + model load = subprocess wall - in-process total_seconds: "
-          f"{statistics.median(fast_walls) - breakdown['total']:.1f} s")
+    # ------------------------------------------------------------- each strategy alone
+    print("\nstrategies one by one (in this process, same cases; where --fast's time goes):", flush=True)
+    rows = strategies(images, labels, tmp / "out", model_folder, args)
+    print_strategies(rows, process_costs(model_folder, args.fold, env), runs)
 
     # ------------------------------------------------------------- real CT, timing only
     real = args.real_ct
