@@ -190,6 +190,24 @@ def test_case_sized_tiles_make_one_call_per_mirror(predictor_factory):
     assert tuple(tiled.configuration_manager.patch_size) == tuple(patch)  # the plans' tile is back
 
 
+def test_case_sized_tiles_fall_back_to_the_plans_tiles_when_out_of_memory(predictor_factory, monkeypatch):
+    patch = tuple(predictor_factory().configuration_manager.patch_size)
+    data = torch.randn(1, patch[0] + 6, patch[1] - 6, patch[2] - 6)
+    expected, _ = predictor_factory(use_mirroring=False).predict_case(data)
+    predictor = predictor_factory(case_sized_tiles=True, use_mirroring=False)
+    forward = predictor.network.forward
+
+    def patch_sized_only(x):
+        if tuple(x.shape[2:]) != patch:
+            raise torch.OutOfMemoryError("simulated: the case-sized tile does not fit")
+        return forward(x)
+
+    monkeypatch.setattr(predictor.network, "forward", patch_sized_only)
+    logits, probabilities = predictor.predict_case(data)
+    torch.testing.assert_close(logits, expected)
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+
+
 @pytest.mark.skipif(not bf16_autocast_supported(), reason="this CPU has no native bfloat16")
 def test_mixed_precision_runs_the_network_in_bfloat16(predictor_factory):
     patch = predictor_factory().configuration_manager.patch_size
