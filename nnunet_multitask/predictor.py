@@ -70,8 +70,8 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunet_multitask.aggregation import SubtypeAccumulator
-from nnunet_multitask.network import SUBTYPE_HEAD_PREFIX, build_multitask_network
 from nnunet_multitask.labels import CHANNEL_SUFFIX, FILE_ENDING, OFFICIAL_SPLIT_FOLD, PROBABILITY_CSV, is_debris
+from nnunet_multitask.network import SUBTYPE_HEAD_PREFIX, build_multitask_network
 from nnunet_multitask.subtype_tables import (
     merge_parts,
     part_file_name,
@@ -210,11 +210,11 @@ class MultitaskPredictor(nnUNetPredictor):
                  case_sized_tiles: bool = False, direct_load: bool = False, in_plane_mirroring: bool = False,
                  **kwargs):
         super().__init__(*args, **kwargs)
-        self.in_plane_mirroring = in_plane_mirroring
         self.fast_resampling = fast_resampling
         self.mixed_precision = mixed_precision
         self.case_sized_tiles = case_sized_tiles
         self.direct_load = direct_load
+        self.in_plane_mirroring = in_plane_mirroring
         self.subtype_probabilities: dict[str, np.ndarray] = {}
         if mixed_precision and self.device.type == "cpu" and not bf16_autocast_supported():
             print("--mixed-precision ignored: this CPU has no native bfloat16 (it would be slower)")
