@@ -208,6 +208,14 @@ def test_case_sized_tiles_fall_back_to_the_plans_tiles_when_out_of_memory(predic
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_mixed_precision_without_native_bfloat16_is_ignored_with_a_notice(predictor_factory, monkeypatch, capsys):
+    monkeypatch.setattr("nnunet_multitask.predictor.bf16_autocast_supported", lambda: False)
+    predictor = predictor_factory(mixed_precision=True, use_mirroring=False)
+    assert "--mixed-precision ignored" in capsys.readouterr().out
+    _, shapes, _ = count_network_calls(predictor, torch.randn(1, *predictor.configuration_manager.patch_size))
+    assert {dtype for _, dtype in shapes} == {torch.float32}
+
+
 @pytest.mark.skipif(not bf16_autocast_supported(), reason="this CPU has no native bfloat16")
 def test_mixed_precision_runs_the_network_in_bfloat16(predictor_factory):
     patch = predictor_factory().configuration_manager.patch_size
