@@ -261,6 +261,11 @@ def read_true_subtypes(dataset_name: str, model_folder: Path, env: dict) -> tupl
 
 
 # ----------------------------------------------------------------------------- strategies one by one
+def model_folds(fold: str) -> list:
+    """``--fold`` as nnU-Net's predictor takes it."""
+    return [fold if fold == "all" else int(fold)]
+
+
 def strategy_variants():
     """(label, SpeedOptions) pairs, all in-process: the reference (every other strategy at
     nnU-Net's default), the strategies of --fast, the preset, and the ones --fast leaves out."""
@@ -311,8 +316,8 @@ def process_costs(model_folder: Path, fold: str, env: dict, rounds: int = 3) -> 
 
 
 def strategies(images: Path, labels: Path | None, out_root: Path, model_folder: Path, args) -> list[dict]:
-    """Each variant once in this process: model load, predict_folder's total and network seconds,
-    and (with labels) accuracy."""
+    """Each variant once in this process: predict_folder's total and network seconds, and (with
+    labels) accuracy."""
     chatter = io.StringIO()  # nnU-Net's trainer search and CPU notices
     with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
         return [_strategy_run(label, speed, images, labels, out_root / f"strategy{i}", model_folder, args)
@@ -325,15 +330,12 @@ def _strategy_run(label: str, speed, images: Path, labels: Path | None, out: Pat
 
     from nnunet_multitask.predictor import MultitaskPredictor, _device
 
-    start = time.perf_counter()
     predictor = MultitaskPredictor.for_speed(speed, _device(args.device), verbose=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model_folder), [args.fold if args.fold == "all"
-                                                                       else int(args.fold)], "checkpoint_final.pth")
-    load = time.perf_counter() - start
+    predictor.initialize_from_trained_model_folder(str(model_folder), model_folds(args.fold), "checkpoint_final.pth")
     report = predictor.predict_folder(images, out, in_process=True)
     if report.problems:
         raise RuntimeError(f"{label}: {report.problems}")
-    return {"label": label, "load": load, "network": report.network_seconds, "total": report.total_seconds,
+    return {"label": label, "network": report.network_seconds, "total": report.total_seconds,
             "threads": torch.get_num_threads(), "accuracy": accuracy(out, labels, {}) if labels else None}
 
 
@@ -386,6 +388,13 @@ def print_strategies(rows: list[dict], process: dict[str, dict[str, float]], run
           "(estimates from the runs above; they need not add up exactly):")
     for name, seconds in saved.items():
         print(f"  {name:<74}{seconds:7.1f} s  ({seconds / (default_wall - fast_wall):.0%})")
+
+
+def report_strategies(images: Path, labels: Path | None, tmp: Path, model_folder: Path, args, env: dict,
+                      runs: dict | None) -> None:
+    print("\nstrategies one by one (in this process, same cases; where --fast's time goes):", flush=True)
+    print_strategies(strategies(images, labels, tmp / "out", model_folder, args),
+                     process_costs(model_folder, args.fold, env), runs)
 
 
 # ----------------------------------------------------------------------------- report
@@ -516,7 +525,7 @@ def _benchmark(args, tmp: Path) -> int:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             from nnunet_multitask.predictor import MultitaskPredictor
             MultitaskPredictor(device=torch.device("cpu")).initialize_from_trained_model_folder(
-                str(model_folder), [args.fold if args.fold == "all" else int(args.fold)], "checkpoint_final.pth")
+                str(model_folder), model_folds(args.fold), "checkpoint_final.pth")
     except PredictionInputError as error:
         print(f"error: the checkpoint does not load with this code: {error}", file=sys.stderr)
         return 2
@@ -540,9 +549,7 @@ def _benchmark(args, tmp: Path) -> int:
                     "nnunet_multitask.predictor"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     if args.strategies_only:
-        print("\nstrategies one by one (in this process, same cases):", flush=True)
-        print_strategies(strategies(images, labels, tmp / "out", model_folder, args),
-                         process_costs(model_folder, args.fold, env), None)
+        report_strategies(images, labels, tmp, model_folder, args, env, None)
         print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s")
         return 0
 
@@ -562,10 +569,7 @@ def _benchmark(args, tmp: Path) -> int:
     print("\ntargets (this machine, these cases):")
     print_verdicts(verdicts)
 
-    # ------------------------------------------------------------- each strategy alone
-    print("\nstrategies one by one (in this process, same cases; where --fast's time goes):", flush=True)
-    rows = strategies(images, labels, tmp / "out", model_folder, args)
-    print_strategies(rows, process_costs(model_folder, args.fold, env), runs)
+    report_strategies(images, labels, tmp, model_folder, args, env, runs)
 
     # ------------------------------------------------------------- real CT, timing only
     real = args.real_ct

@@ -47,6 +47,7 @@ and gains in time is measured by ``bench/inference_speed.py`` (``bench/README.md
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import itertools
 import math
@@ -159,6 +160,7 @@ def with_patch_size(configuration: ConfigurationManager, patch_size: tuple[int, 
     return ConfigurationManager({**configuration.configuration, "patch_size": list(patch_size)})
 
 
+@functools.cache
 def bf16_autocast_supported() -> bool:
     """Whether this CPU runs bfloat16 convolutions natively (oneDNN with AVX512-BF16 or AMX)."""
     try:
